@@ -1,0 +1,237 @@
+"""The ``harness`` command: list what exists, regenerate paper tables, build data worlds.
+
+    harness list tables                       # the paper's tables and which ones run
+    harness run table2 --profile smoke        # regenerate Table 2 -> reports/table2.md + MLflow run
+    harness run table2 --dry-run              # the experiments it would run, nothing else
+    harness data world --profile smoke --out data/world-smoke
+
+Bad names (table, profile) and an unreachable tracking store end with one message on stderr
+and exit code 2, before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from harness.profiles import PROFILES, Profile, UnknownNameError, get_profile, list_profiles
+from harness.tables import (
+    CAPTIONS,
+    TableNotImplementedError,
+    TableSpec,
+    get_table,
+    list_tables,
+    run_table,
+    table_config,
+)
+from harness.tracking import TrackingUnavailableError, check_tracking_uri, config_hash, resolve_tracking_uri
+
+EXIT_USAGE = 2
+
+
+class UsageError(ValueError):
+    """A request the harness cannot serve as asked; printed without a traceback, exit code 2."""
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+# ----------------------------------------------------------------------------- list
+def _list_tables() -> list[str]:
+    available = set(list_tables())
+    width = max(len(n) for n in CAPTIONS)
+    return [
+        f"{name:<{width}}  {'available' if name in available else 'not yet available':<17}  {caption}"
+        for name, caption in CAPTIONS.items()
+    ]
+
+
+def _list_models() -> list[str]:
+    from backbones import list_models
+
+    return list_models()
+
+
+def _list_profiles() -> list[str]:
+    width = max(len(n) for n in PROFILES)
+    return [f"{name:<{width}}  {PROFILES[name].description}" for name in list_profiles()]
+
+
+_LISTERS: dict[str, Callable[[], list[str]]] = {
+    "tables": _list_tables,
+    "models": _list_models,
+    "profiles": _list_profiles,
+}
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    print("\n".join(_LISTERS[args.what]()))
+    return 0
+
+
+# ----------------------------------------------------------------------------- run
+def _resolve_tables(names: Sequence[str]) -> list[TableSpec]:
+    # All names are checked before anything runs, so a typo in the last one costs nothing.
+    return [get_table(name) for name in dict.fromkeys(names)]
+
+
+def _print_plan(specs: Sequence[TableSpec], profile: Profile, seeds: int, args: argparse.Namespace) -> None:
+    for spec in specs:
+        plan = spec.plan(profile, seeds)
+        config = table_config(spec, profile, seeds)
+        print(f"{spec.name}: {spec.title}")
+        print(f"  profile {profile.name}, {len(plan)} experiment(s), table config {config_hash(config)[:12]}")
+        for exp in plan:
+            seed = "-" if exp.seed is None else exp.seed
+            print(f"  - {exp.name}  task={exp.task}  seed={seed}  config={exp.config_hash[:12]}")
+        report, csv = Path(args.out) / f"{spec.name}.md", Path(args.results_dir) / f"{spec.name}.csv"
+        print(f"  would write {report} and {csv}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    profile = get_profile(args.profile)
+    specs = _resolve_tables(args.tables)
+    seeds = profile.default_seeds if args.seeds is None else args.seeds
+    if seeds < 1:
+        raise UsageError(f"--seeds must be at least 1, got {seeds}")
+    if args.dry_run:
+        _print_plan(specs, profile, seeds, args)
+        return 0
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_tracking_uri(uri)  # before any work: a bad store must not cost a training run
+    for spec in specs:
+        outputs = run_table(
+            spec, profile, seeds, out_dir=args.out, results_dir=args.results_dir, tracking_uri=uri
+        )
+        print(outputs.markdown)
+        print(
+            f"wrote {outputs.report_path} and {outputs.csv_path}; "
+            f"MLflow run {outputs.run_id} (experiment beit3-tables) in {uri}"
+        )
+    return 0
+
+
+# ----------------------------------------------------------------------------- data
+def cmd_data_world(args: argparse.Namespace) -> int:
+    profile = get_profile(args.profile)
+    if not profile.synthetic:
+        synthetic = ", ".join(n for n in list_profiles() if PROFILES[n].synthetic)
+        raise UsageError(
+            f"profile {profile.name!r} reads the real datasets; `harness data world` builds the "
+            f"generated worlds of profiles: {synthetic}"
+        )
+    from harness.world import build_world  # imported here: only this command needs PIL & co.
+
+    out = build_world(Path(args.out), profile.name, args.seed)
+    print(f"built the {profile.name} world (seed {args.seed}) in {out if out is not None else args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="harness",
+        description="Reproducibility and benchmark harness for BEiT-3 (arXiv 2208.10442).",
+        formatter_class=formatter,
+        epilog=_examples(
+            "harness list tables",
+            "harness run table2 --profile smoke",
+            "harness run table2 --dry-run",
+            "harness data world --profile smoke --out data/world-smoke",
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p_list = sub.add_parser(
+        "list",
+        help="list tables, models or profiles",
+        description="List the paper's tables (and which ones the harness can regenerate), the "
+        "registered models, or the run profiles.",
+        formatter_class=formatter,
+        epilog=_examples("harness list", "harness list models", "harness list profiles"),
+    )
+    p_list.add_argument("what", nargs="?", default="tables", choices=sorted(_LISTERS),
+                        help="what to list (default: tables)")
+    p_list.set_defaults(handler=cmd_list)
+
+    p_run = sub.add_parser(
+        "run",
+        help="regenerate paper tables",
+        description="Plan, run and render paper tables. Each table is written to OUT/<table>.md and "
+        "RESULTS_DIR/<table>.csv and recorded as an MLflow run (experiment beit3-tables).",
+        formatter_class=formatter,
+        epilog=_examples(
+            "harness run table2",
+            "harness run table2 --profile mini --tracking-uri sqlite:///$PWD/mlflow.db",
+            "harness run table2 --dry-run",
+        ),
+    )
+    p_run.add_argument("tables", nargs="+", metavar="TABLE", help="table names, e.g. table2 (see `harness list`)")
+    p_run.add_argument(
+        "--profile", default="smoke", help=f"run profile: {', '.join(list_profiles())} (default: smoke)"
+    )
+    p_run.add_argument("--seeds", type=int, default=None, help="seeds per experiment (default: the profile's)")
+    p_run.add_argument("--dry-run", action="store_true", help="print the experiments the tables need and stop")
+    p_run.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo-or-cwd>/mlflow.db)",
+    )
+    p_run.add_argument("--out", default="reports", help="directory for <table>.md (default: reports)")
+    p_run.add_argument("--results-dir", default="results", help="directory for <table>.csv (default: results)")
+    p_run.set_defaults(handler=cmd_run)
+
+    p_data = sub.add_parser(
+        "data",
+        help="build data sets",
+        description="Build the data a profile reads.",
+        formatter_class=formatter,
+        epilog=_examples("harness data world --profile smoke --out data/world-smoke"),
+    )
+    data_sub = p_data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    p_world = data_sub.add_parser(
+        "world",
+        help="generate the synthetic benchmark world of a profile",
+        description="Generate the synthetic world (images, captions, QA, boxes, masks) that the "
+        "smoke and mini profiles read.",
+        formatter_class=formatter,
+        epilog=_examples(
+            "harness data world --profile smoke --out data/world-smoke",
+            "harness data world --profile mini --out data/world-mini --seed 1",
+        ),
+    )
+    p_world.add_argument("--profile", required=True, help="smoke or mini")
+    p_world.add_argument("--out", required=True, help="output directory")
+    p_world.add_argument("--seed", type=int, default=0, help="world seed (default: 0)")
+    p_world.set_defaults(handler=cmd_data_world)
+
+    # `harness report` (render tables from MLflow alone) is added here by its issue.
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``harness`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    # MLflow logs its sqlite schema migrations at INFO on every new store.
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        return args.handler(args)
+    except (UnknownNameError, TableNotImplementedError, TrackingUnavailableError, UsageError) as err:
+        print(f"harness: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        # The reader went away (`harness list models | head`): not an error of the harness.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,323 @@
+"""The trainer: one loop for pretraining and finetuning, read top to bottom.
+
+    python -m harness.train CONFIG.py [key=value ...]                      # one process
+    torchrun --nproc_per_node 2 -m harness.train CONFIG.py [key=value ...]  # DDP: gloo on CPU, nccl on GPU
+    python -m harness.train CONFIG.py resume=true                          # continue from the latest checkpoint
+
+A model's ``forward(batch, **forward_kwargs)`` returns a dict with a scalar ``loss`` and scalar logs;
+a data object gives ``next_batch()`` and ``state_dict()``/``load_state_dict()`` (its position), so
+that a run killed at any step and resumed ends bit-identical to an uninterrupted run.
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from .checkpointing import (
+    ResumeError,
+    latest_checkpoint,
+    load_checkpoint_file,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .config import TrainConfig, load_train_config, train_config_hash
+from .distributed import DistInfo, all_reduce_mean, init_distributed, shutdown_distributed
+from .optim import build_optimizer, lr_at, set_lr
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or gradient norm became inf/NaN; the last good checkpoint is kept."""
+
+
+class BatchSource(Protocol):
+    def next_batch(self) -> dict[str, Any]: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    step: int
+    losses: dict[str, float] = field(default_factory=dict)  # the last logged averages
+    wall_time_s: float = 0.0
+    samples_per_s: float = 0.0
+    samples_seen: int = 0
+    checkpoint: str = ""
+    resumed_from_step: int = 0
+
+
+def count_samples(batch: dict[str, Any], data: Any) -> int:
+    """Samples in one batch: the data object's own count if it has one, else the first tensor's rows."""
+    per_batch = getattr(data, "samples_per_batch", None)
+    if per_batch:
+        return int(per_batch)
+    first = next((v for v in batch.values() if isinstance(v, torch.Tensor)), None)
+    return int(first.shape[0]) if first is not None else 0
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def enable_grad_checkpointing(model: nn.Module) -> None:
+    from backbones.beit3 import Encoder
+
+    for module in model.modules():
+        if isinstance(module, Encoder):
+            module.grad_checkpointing = True
+
+
+def autocast_context(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise RuntimeError("precision=bf16 but this GPU does not support bfloat16; use fp16 or fp32")
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def wrap_parallel(model: nn.Module, cfg: TrainConfig, info: DistInfo) -> nn.Module:
+    if not info.enabled:
+        return model
+    if cfg.parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        from backbones.beit3 import EncoderLayer
+
+        for module in model.modules():
+            if isinstance(module, EncoderLayer):
+                fully_shard(module)
+        fully_shard(model)
+        return model
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def full_state(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, info: DistInfo):
+    """Unsharded model and optimizer state (FSDP gathers to every rank; rank 0 writes)."""
+    if info.enabled and cfg.parallel == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return model.state_dict(), optimizer.state_dict()
+
+
+def load_full_state(model, optimizer, model_state, optim_state, cfg: TrainConfig, info: DistInfo) -> None:
+    if info.enabled and cfg.parallel == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
+                       options=StateDictOptions(full_state_dict=True))
+        return
+    model.load_state_dict(model_state)
+    optimizer.load_state_dict(optim_state)
+
+
+def train(
+    cfg: TrainConfig,
+    model: nn.Module,
+    data: BatchSource,
+    *,
+    info: DistInfo | None = None,
+    tracker: Any = None,
+) -> TrainResult:
+    """Train ``model`` on ``data`` for ``cfg.max_steps`` optimizer steps; returns what Table 3 reports."""
+    info = info or DistInfo()
+    device = info.device
+    chash = train_config_hash(cfg)
+    torch.manual_seed(cfg.seed + info.rank)
+
+    # ---- model, optimizer, scaler
+    model.to(device)
+    if cfg.grad_checkpointing:
+        enable_grad_checkpointing(model)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.layer_decay, cfg.head_lr_scale)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    model = wrap_parallel(model, cfg, info)
+    unwrapped = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+    # ---- resume from the latest checkpoint of this run, or start (possibly from init_from weights)
+    step, resumed_from = 0, 0
+    latest = latest_checkpoint(cfg.out_dir) if cfg.resume else None
+    if latest is not None:
+        ckpt = load_checkpoint_file(latest)
+        if ckpt.get("config_hash") != chash:
+            raise ResumeError(
+                f"{latest} was written by a run with config hash {ckpt.get('config_hash')}, this run's is {chash}: "
+                f"it belongs to another config. Use another out_dir, or resume with the config stored in the checkpoint."
+            )
+        load_full_state(model, optimizer, ckpt["model"], ckpt["optimizer"], cfg, info)
+        scaler.load_state_dict(ckpt["scaler"])
+        data.load_state_dict(ckpt["data"])
+        set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
+        step = resumed_from = ckpt["step"]
+    elif cfg.init_from:
+        from backbones import load_checkpoint
+
+        load_checkpoint(unwrapped, cfg.init_from, drop=cfg.init_drop)
+
+    # ---- the loop
+    progress = None
+    if info.is_main and cfg.progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=cfg.max_steps, initial=step, desc=cfg.run_name or cfg.task, dynamic_ncols=True, file=sys.stderr)
+    sums: dict[str, float] = {}
+    logged: dict[str, float] = {}
+    window_samples, window_start = 0, time.perf_counter()
+    run_start, samples_seen, last_ckpt = time.perf_counter(), 0, ""
+    model.train()
+    while step < cfg.max_steps:
+        lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
+        set_lr(optimizer, lr)
+
+        # forward/backward over micro-batches; DDP syncs gradients only on the last one
+        for micro in range(cfg.grad_accum_steps):
+            batch = to_device(data.next_batch(), device)
+            window_samples += count_samples(batch, data) * info.world_size
+            last_micro = micro == cfg.grad_accum_steps - 1
+            sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
+            with sync, autocast_context(cfg.precision, device):
+                out = model(batch, **cfg.forward_kwargs)
+                loss = out["loss"] / cfg.grad_accum_steps
+            finite = all_reduce_mean(torch.isfinite(loss.detach()).float(), info)
+            if finite.item() < 1.0:
+                raise NonFiniteLossError(
+                    f"non-finite loss ({loss.item()}) at step {step + 1}; the last good checkpoint "
+                    f"({latest_checkpoint(cfg.out_dir) or 'none'}) is kept"
+                )
+            scaler.scale(loss).backward()
+            for key, value in out.items():
+                if isinstance(value, torch.Tensor) and value.numel() == 1:
+                    sums[key] = sums.get(key, 0.0) + value.detach().float().item() / cfg.grad_accum_steps
+
+        # clip, step, zero
+        scaler.unscale_(optimizer)
+        params = [p for p in model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad if cfg.clip_grad > 0 else math.inf)
+        if not torch.isfinite(grad_norm):
+            raise NonFiniteLossError(f"non-finite gradient norm at step {step + 1}; the last good checkpoint is kept")
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm.item()
+        sums["_steps"] = sums.get("_steps", 0.0) + 1
+
+        # log: averages over the window, lr and throughput
+        if step % cfg.log_interval == 0 or step == cfg.max_steps:
+            elapsed = time.perf_counter() - window_start
+            count = sums.pop("_steps")
+            logged = {k: v / count for k, v in sums.items()}
+            logged = {k: all_reduce_mean(torch.tensor(v, device=device), info).item() for k, v in logged.items()}
+            logged.update(lr=lr, samples_per_s=window_samples / max(elapsed, 1e-9))
+            samples_seen += window_samples
+            if tracker is not None and info.is_main:
+                tracker.log_metrics(logged, step=step)
+            if progress is not None:
+                progress.set_postfix(loss=f"{logged['loss']:.4f}", lr=f"{lr:.2e}", sps=f"{logged['samples_per_s']:.1f}")
+            sums, window_samples, window_start = {}, 0, time.perf_counter()
+
+        # save: atomically, every ckpt_interval steps and at the end
+        if step % cfg.ckpt_interval == 0 or step == cfg.max_steps:
+            model_state, optim_state = full_state(model, optimizer, cfg, info)
+            rngs = gather_rng_states(info)
+            if info.is_main:
+                last_ckpt = str(save_checkpoint(cfg.out_dir, step, {
+                    "model": model_state, "optimizer": optim_state, "scheduler": {"step": step},
+                    "scaler": scaler.state_dict(), "step": step, "rng": rngs, "data": data.state_dict(),
+                    "config": cfg.to_dict(), "config_hash": chash,
+                    "git_commit": _git_commit(), "mlflow_run_id": getattr(tracker, "run_id", ""),
+                }, cfg.keep_last))
+        if progress is not None:
+            progress.update(1)
+
+    if progress is not None:
+        progress.close()
+    wall = time.perf_counter() - run_start
+    return TrainResult(
+        step=step, losses={k: v for k, v in logged.items() if k != "lr"}, wall_time_s=wall,
+        samples_per_s=samples_seen / max(wall, 1e-9), samples_seen=samples_seen, checkpoint=last_ckpt,
+        resumed_from_step=resumed_from,
+    )
+
+
+def gather_rng_states(info: DistInfo) -> list[dict[str, Any]]:
+    """Every rank's RNG state (drop path and augmentation differ per rank), gathered on all ranks."""
+    state = rng_state()
+    if not info.enabled:
+        return [state]
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * info.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def _git_commit() -> str:
+    from .gitinfo import git_commit
+
+    return git_commit() or "unknown"
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values are Python literals when they parse as such, else strings."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"override {pair!r} is not key=value")
+        try:
+            overrides[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            overrides[key] = {"true": True, "false": False}.get(raw.lower(), raw)
+    return overrides
+
+
+def run_training(cfg: TrainConfig) -> TrainResult:
+    """Build the task's model and data, open the MLflow run, train; the run ends FAILED on errors."""
+    import tasks
+
+    from .tracking import start_run
+
+    info = init_distributed()
+    try:
+        model = tasks.build_model(cfg.task, cfg.model, **cfg.model_overrides)
+        data = tasks.build_data(cfg.task, cfg.data, model=model, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
+        if cfg.trainable:
+            tasks.configure_trainable(cfg.task, model, cfg.trainable)
+        if not info.is_main:
+            return train(cfg, model, data, info=info)
+        tags = {"profile": cfg.profile, "seed": str(cfg.seed), "task": cfg.task, "model": cfg.model,
+                "world_size": str(info.world_size)}
+        with start_run(cfg.experiment, cfg.run_name or cfg.task, cfg.to_dict(), tags,
+                       parent_run_id=cfg.parent_run_id or None) as tracker:
+            result = train(cfg, model, data, info=info, tracker=tracker)
+            tracker.set_tags({"final_step": str(result.step), "checkpoint": result.checkpoint})
+            return result
+    finally:
+        shutdown_distributed()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0 if args else 2
+    cfg = load_train_config(args[0], parse_overrides(args[1:]))
+    result = run_training(cfg)
+    print(f"finished step {result.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in result.losses.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
