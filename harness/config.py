@@ -55,6 +55,8 @@ class TrainConfig:
     grad_checkpointing: bool = False
     # distribution
     parallel: str = "ddp"  # ddp | fsdp (used when launched under torchrun with WORLD_SIZE > 1)
+    # Multiway experts and heads idle in some batches (mask token without masking, VL-FFN without pairs).
+    ddp_find_unused_parameters: bool = True
     # bookkeeping
     out_dir: str = "runs/default"
     ckpt_interval: int = 50

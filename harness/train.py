@@ -99,7 +99,13 @@ def wrap_parallel(model: nn.Module, cfg: TrainConfig, info: DistInfo) -> nn.Modu
         fully_shard(model)
         return model
     device_ids = [info.device.index] if info.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=device_ids, find_unused_parameters=cfg.ddp_find_unused_parameters
+    )
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def full_state(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, info: DistInfo):
@@ -108,7 +114,7 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainCon
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
         return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return model.state_dict(), optimizer.state_dict()
+    return unwrap(model).state_dict(), optimizer.state_dict()
 
 
 def load_full_state(model, optimizer, model_state, optim_state, cfg: TrainConfig, info: DistInfo) -> None:
@@ -118,7 +124,7 @@ def load_full_state(model, optimizer, model_state, optim_state, cfg: TrainConfig
         set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
                        options=StateDictOptions(full_state_dict=True))
         return
-    model.load_state_dict(model_state)
+    unwrap(model).load_state_dict(model_state)
     optimizer.load_state_dict(optim_state)
 
 
@@ -140,10 +146,9 @@ def train(
     model.to(device)
     if cfg.grad_checkpointing:
         enable_grad_checkpointing(model)
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.layer_decay, cfg.head_lr_scale)
+    model = wrap_parallel(model, cfg, info)  # before the optimizer: FSDP replaces the parameters
+    optimizer = build_optimizer(unwrap(model), cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.layer_decay, cfg.head_lr_scale)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    model = wrap_parallel(model, cfg, info)
-    unwrapped = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
     # ---- resume from the latest checkpoint of this run, or start (possibly from init_from weights)
     step, resumed_from = 0, 0
@@ -163,7 +168,7 @@ def train(
     elif cfg.init_from:
         from backbones import load_checkpoint
 
-        load_checkpoint(unwrapped, cfg.init_from, drop=cfg.init_drop)
+        load_checkpoint(unwrap(model), cfg.init_from, drop=cfg.init_drop)
 
     # ---- the loop
     progress = None

@@ -127,6 +127,22 @@ def test_sigkill_at_an_arbitrary_step_then_resume_is_bit_identical(tmp_path):
     assert_bit_identical(final_state(tmp_path / "straight"), final_state(tmp_path / "killed"))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_ranks_on_gloo_reproduce_one_process(tmp_path, parallel):
+    """torchrun with 2 CPU ranks, each on half the batch, ends where one process on the whole batch does."""
+    script = str(HERE / "toy_training.py")
+    env = {**os.environ, "PYTHONPATH": str(HERE.parents[1])}
+    flags = ["--no-drop-path"] + (["--fsdp"] if parallel == "fsdp" else [])
+    subprocess.run([sys.executable, script, str(tmp_path / "one"), "6", *flags], check=True, env=env, timeout=300)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    script, str(tmp_path / "two"), "6", *flags], check=True, env=env, timeout=300)
+    one, two = final_state(tmp_path / "one"), final_state(tmp_path / "two")
+    assert one.keys() == two.keys()
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=1e-4, msg=key)
+
+
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     torch.manual_seed(1234)
     with pytest.raises(NonFiniteLossError, match="at step 4"):
