@@ -105,7 +105,7 @@ def adapt_state_dict(
         interpolate_pos: resize ``*encoder.embed_positions.A.weight`` bicubically to the model's patch
             grid (first 3 rows kept); when False a size change is reported as a shape mismatch.
     """
-    out = {key: value for key, value in state_dict.items() if not any(fnmatch.fnmatchcase(key, pat) for pat in drop)}
+    out = {key: value for key, value in state_dict.items() if not _matches(key, drop)}
     if not interpolate_pos:
         return out
     for key, table in out.items():
@@ -139,6 +139,10 @@ def compare_keys(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> Ke
     return report
 
 
+def _matches(key: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in patterns)
+
+
 def load_checkpoint(
     model: nn.Module,
     source: str | os.PathLike | Mapping,
@@ -149,17 +153,23 @@ def load_checkpoint(
 ) -> nn.Module:
     """Load an official (or our own) checkpoint into ``model`` strictly.
 
+    ``drop`` names keys (fnmatch patterns) that are not loaded: they are removed from the checkpoint,
+    and the model's own matching keys keep their initialisation -- ``drop=["head.*"]`` re-initialises a
+    head of another size, ``drop=["mlm_head.*", "mim_head.*"]`` loads a pretraining checkpoint as a
+    backbone. Every other key must match exactly.
+
     Raises:
         CheckpointError: naming every missing/unexpected key and every shape mismatch.
     """
     state_dict = adapt_state_dict(read_state_dict(source, model_key), model, drop, interpolate_pos)
     report = compare_keys(model, state_dict)
+    report.missing = [key for key in report.missing if not _matches(key, drop)]
     if not report.ok:
         name = str(source) if isinstance(source, (str, os.PathLike)) else "the given state dict"
         raise CheckpointError(
             f"{name} does not fit {type(model).__name__}:\n{report.describe()}\n"
-            "Check the model name/size/img_size, pass drop=[...] for heads that should not be loaded, "
-            "or interpolate_pos=True for another image size."
+            "Check the model name/size/img_size, pass drop=[...] for keys to re-initialise "
+            "(e.g. drop=['head.*'] for a head of another size), or interpolate_pos=True for another image size."
         )
-    model.load_state_dict(state_dict, strict=True)
+    model.load_state_dict(state_dict, strict=not drop)
     return model

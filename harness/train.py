@@ -209,13 +209,15 @@ def train(
         scaler.unscale_(optimizer)
         params = [p for p in model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad if cfg.clip_grad > 0 else math.inf)
-        if not torch.isfinite(grad_norm):
+        # With fp16 loss scaling an overflow is routine: the scaler skips the step and lowers the scale.
+        if not torch.isfinite(grad_norm) and not scaler.is_enabled():
             raise NonFiniteLossError(f"non-finite gradient norm at step {step + 1}; the last good checkpoint is kept")
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm.item()
+        if torch.isfinite(grad_norm):
+            sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm.item()
         sums["_steps"] = sums.get("_steps", 0.0) + 1
 
         # log: averages over the window, lr and throughput

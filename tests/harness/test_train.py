@@ -1,5 +1,4 @@
 """The trainer: optimisation, checkpoints, exact resume (also after SIGKILL), safety stops, config errors."""
-import math
 import os
 import signal
 import subprocess

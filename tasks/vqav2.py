@@ -1,0 +1,243 @@
+"""VQAv2: BEiT-3 as a fusion encoder with an answer classifier (paper Table 4; official
+``BEiT3ForVisualQuestionAnswering``, ``VQAHandler``; recipe ``get_started_for_vqav2.md``).
+
+The image and the question are encoded together (image tokens first) without the final encoder
+LayerNorm (``normalize_output=False``); a pooler (LN -> dense -> tanh) over the image CLS feeds
+Linear(D, 2D) -> LN -> GELU -> Linear(2D, 3129). Training minimises BCE-with-logits against the soft
+answer scores, summed over answers (``mean * num_classes``). Validation logs :func:`vqa_score`; test-dev
+answers go to EvalAI as :func:`vqa_submission`; with annotations, :func:`vqa_accuracy` is the official
+scorer. Checked against unilm ``beit3/modeling_finetune.py`` and ``engine_for_finetuning.py`` (read,
+not run) and the state-dict dump ``tests/assets/beit3-base-state-dict-keys.txt``.
+
+``quirks`` (``"fixed"`` default, ``"official"``): passed to the VQAv2 reader (how the soft targets
+count raw vs normalised answers) and to the choice of the validation transform (the official code
+validates on training-augmented images); see :func:`build_dataset` and :func:`build_transform`.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from backbones import BEiT3Backbone, read_state_dict
+from tasks import register_task
+from tasks.heads import Pooler, TaskModel, check_quirks, create_task_backbone, init_head_weights, transform_is_train
+from tasks.metrics.vqa import question_accuracy, vqa_accuracy, vqa_score, vqa_submission
+
+__all__ = [
+    "BEiT3ForVisualQuestionAnswering",
+    "NUM_ANSWERS",
+    "PAPER_RECIPES",
+    "RECIPES",
+    "build_dataset",
+    "build_transform",
+    "build_vqav2",
+    "check_answer_vocab",
+    "loss",
+    "predictions_from_logits",
+    "question_accuracy",
+    "vqa_accuracy",
+    "vqa_score",
+    "vqa_submission",
+]
+
+NUM_ANSWERS = 3129  # answers seen >= 9 times in train+val (ViLT / BEiT-3 vocabulary)
+
+# Official recipes (beit3/get_started/get_started_for_vqav2.md); batch_size is the total batch.
+RECIPES: dict[str, dict[str, Any]] = {
+    "base": dict(
+        model="beit3_base_patch16_480", init_checkpoint="beit3_base_patch16_224.pth", img_size=480,
+        batch_size=128, lr=3e-5, min_lr=1e-6, layer_decay=1.0, head_lr_weight=20.0, epochs=10,
+        warmup_epochs=1, drop_path=0.1, weight_decay=0.01, opt_betas=(0.9, 0.98), opt_eps=1e-8,
+        clip_grad=None, randaug=True, max_text_len=64, num_classes=NUM_ANSWERS, grad_checkpointing=False,
+        seed=42,
+    ),
+    "large": dict(
+        model="beit3_large_patch16_480", init_checkpoint="beit3_large_patch16_224.pth", img_size=480,
+        batch_size=128, lr=2e-5, min_lr=1e-6, layer_decay=1.0, head_lr_weight=20.0, epochs=10,
+        warmup_epochs=1, drop_path=0.15, weight_decay=0.01, opt_betas=(0.9, 0.98), opt_eps=1e-8,
+        clip_grad=None, randaug=True, max_text_len=64, num_classes=NUM_ANSWERS, grad_checkpointing=True,
+        seed=42,
+    ),
+}
+# Paper Table 12 (giant, OCR transcript): the resolution reads 756 (a multiple of patch 14); 768 is
+# possible if the OCR misread it.
+PAPER_RECIPES: dict[str, dict[str, Any]] = {
+    "giant": dict(
+        model="beit3_giant_patch14_224", img_size=756, batch_size=128, lr=1e-5, layer_decay=1.0, epochs=10,
+        warmup_epochs=1, drop_path=0.4, weight_decay=0.01, opt_betas=(0.9, 0.999), opt_eps=1e-8,
+        source="paper Table 12",
+    ),
+}
+
+
+class BEiT3ForVisualQuestionAnswering(TaskModel):
+    """The official VQA model: keys ``beit3.*``, ``pooler.{norm,dense}``, ``head.{0,1,3}``.
+
+    Args:
+        backbone: from ``backbones.create_model(..., normalize_output=False)`` (as the official).
+        num_classes: answer vocabulary size (3129 for VQAv2).
+        norm_layer: normalisation of the pooler and head.
+    """
+
+    head_patterns = ("pooler.*", "head.*")
+
+    def __init__(
+        self, backbone: BEiT3Backbone, num_classes: int = NUM_ANSWERS, norm_layer: type[nn.Module] = nn.LayerNorm
+    ):
+        super().__init__(backbone)
+        dim = self.embed_dim
+        self.num_classes = num_classes
+        self.pooler = Pooler(dim, dim, norm_layer)
+        self.pooler.apply(init_head_weights)
+        self.head = nn.Sequential(
+            nn.Linear(dim, dim * 2),
+            norm_layer(dim * 2),
+            nn.GELU(),
+            nn.Linear(dim * 2, num_classes),
+        )
+        self.head.apply(init_head_weights)
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        question: torch.Tensor,
+        padding_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Answer logits (B, num_classes).
+
+        Args:
+            image: (B, 3, H, W).
+            question: (B, L) token ids.
+            padding_mask: (B, L), 1 on padding.
+            labels: not used by the model (the official handler computes the loss outside, as
+                :func:`loss` does); accepted so a batch dict can be passed as keyword arguments.
+        """
+        out = self.beit3(textual_tokens=question, visual_tokens=image, text_padding_position=padding_mask)
+        return self.head(self.pooler(out["encoder_out"]))
+
+
+@register_task("vqav2")
+def build_vqav2(model_name: str, num_classes: int = NUM_ANSWERS, **overrides: Any) -> BEiT3ForVisualQuestionAnswering:
+    """``tasks.build_model("vqav2", "beit3_base_patch16_480", num_classes=3129, drop_path_rate=0.1)``.
+
+    Backbone overrides go to ``backbones.create_model``; ``normalize_output`` defaults to False.
+    """
+    backbone = create_task_backbone(model_name, {"normalize_output": False}, overrides)
+    return BEiT3ForVisualQuestionAnswering(backbone, num_classes=num_classes)
+
+
+def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Official VQA loss: ``BCEWithLogits(mean) * num_classes`` in fp32 (a per-answer sum, batch-averaged)."""
+    if logits.shape != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and soft labels {tuple(labels.shape)} must have the same shape")
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="mean") * labels.shape[1]
+
+
+def predictions_from_logits(
+    logits: torch.Tensor, question_ids: Sequence[int] | torch.Tensor, answer_vocab: Sequence[str]
+) -> dict[int, str]:
+    """``{question_id: answer}`` of the arg-max answers (as ``VQAHandler.eval_batch`` on test splits)."""
+    if logits.dim() != 2 or logits.shape[1] != len(answer_vocab):
+        raise ValueError(
+            f"logits of shape {tuple(logits.shape)} do not fit an answer vocabulary of {len(answer_vocab)}"
+        )
+    ids = question_ids.tolist() if isinstance(question_ids, torch.Tensor) else list(question_ids)
+    if len(ids) != logits.shape[0]:
+        raise ValueError(f"{len(ids)} question ids for {logits.shape[0]} rows of logits")
+    best = logits.argmax(dim=1).tolist()
+    return {int(qid): answer_vocab[index] for qid, index in zip(ids, best)}
+
+
+def _vocab_size(vocab: Sequence[str] | Mapping[str, int] | str | os.PathLike) -> int:
+    if isinstance(vocab, (str, os.PathLike)):
+        from tasks.data.vqa import read_answer_vocab
+
+        return len(read_answer_vocab(vocab))
+    if isinstance(vocab, Mapping):  # answer2label
+        labels = sorted(vocab.values())
+        if labels != list(range(len(labels))):
+            raise ValueError(f"answer2label must map the {len(labels)} answers to labels 0..{len(labels) - 1} "
+                             "without gaps or repeats")
+        return len(labels)
+    return len(vocab)
+
+
+def check_answer_vocab(
+    model_or_state_dict: nn.Module | Mapping[str, torch.Tensor] | str | os.PathLike,
+    vocab: Sequence[str] | Mapping[str, int] | str | os.PathLike,
+) -> int:
+    """Check that an answer vocabulary fits the VQA head of a model or checkpoint; return its size.
+
+    Args:
+        model_or_state_dict: a VQA model, a state dict (``{'model': ...}`` wrappers allowed) or a
+            checkpoint path.
+        vocab: the answer list in label order, an ``answer2label`` mapping, or an answer file.
+
+    Raises:
+        ValueError: the sizes differ (both named), or there is no VQA head.
+    """
+    if isinstance(model_or_state_dict, nn.Module):
+        state = model_or_state_dict.state_dict()
+    else:
+        state = read_state_dict(model_or_state_dict)
+    head_keys = [key for key in state if key == "head.3.weight" or key.endswith(".head.3.weight")]
+    if not head_keys:
+        raise ValueError("no VQA answer head (head.3.weight) in the given model/checkpoint: is it a VQAv2 model?")
+    num_classes = int(state[head_keys[0]].shape[0])
+    size = _vocab_size(vocab)
+    if size != num_classes:
+        raise ValueError(
+            f"the answer vocabulary has {size} answers but the checkpoint's VQA head has {num_classes} classes. "
+            f"Use the answer2label file the checkpoint was trained with, or fine-tune a new head: build the "
+            f"model with num_classes={size} and load with load_checkpoint(..., drop=['head.*'])."
+        )
+    return size
+
+
+def build_transform(split: str, img_size: int = 480, quirks: str = "fixed", randaug: bool = True):
+    """The official VL image transform for ``split`` (``train``, ``val``, ``test``/``test-dev``).
+
+    ``quirks="official"`` gives the validation split the training augmentation, as the official loader.
+    """
+    from tasks.data.transforms import build_vl_transform
+
+    return build_vl_transform(is_train=transform_is_train(split, quirks), img_size=img_size, randaug=randaug)
+
+
+def build_dataset(
+    questions_json: str | os.PathLike,
+    image_root: str | os.PathLike,
+    split: str,
+    annotations_json: str | os.PathLike | None = None,
+    answer_vocab: Sequence[str] | None = None,
+    tokenizer: Any = None,
+    img_size: int = 480,
+    randaug: bool = True,
+    quirks: str = "fixed",
+    **reader_kwargs: Any,
+):
+    """A :class:`tasks.data.vqa.VQAv2` reader with the split's transform; ``quirks`` goes to both.
+
+    Args:
+        split: ``train``, ``val`` or ``test`` -- picks the transform (see :func:`build_transform`).
+        reader_kwargs: further ``VQAv2`` arguments (``image_ids``, ``check_images``, ``skip_bad``, ...).
+    """
+    from tasks.data.vqa import VQAv2
+
+    check_quirks(quirks)
+    return VQAv2(
+        questions_json,
+        image_root,
+        annotations_json=annotations_json,
+        answer_vocab=answer_vocab,
+        tokenizer=tokenizer,
+        transform=build_transform(split, img_size, quirks, randaug),
+        quirks=quirks,
+        **reader_kwargs,
+    )
