@@ -58,12 +58,8 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(out_dir: str | Path, step: int, payload: dict[str, Any], keep_last: int) -> Path:
-    """Write ``step_XXXXXXXX.pt`` via a temporary file + rename, then prune to the last ``keep_last``."""
-    folder = checkpoint_dir(out_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"step_{step:08d}.pt"
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+def _atomic_torch_save(payload: Any, final: Path) -> Path:
+    handle, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-", suffix=final.suffix)
     try:
         with os.fdopen(handle, "wb") as stream:
             torch.save(payload, stream)
@@ -73,6 +69,22 @@ def save_checkpoint(out_dir: str | Path, step: int, payload: dict[str, Any], kee
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return final
+
+
+def export_weights(out_dir: str | Path, model_state: dict[str, torch.Tensor]) -> Path:
+    """The run's final weights as ``{'model': state_dict}`` (the official file layout), loadable with
+    ``torch.load(weights_only=True)`` by ``backbones.load_checkpoint``; derived runs start from it."""
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    return _atomic_torch_save({"model": model_state}, folder / "model.pt")
+
+
+def save_checkpoint(out_dir: str | Path, step: int, payload: dict[str, Any], keep_last: int) -> Path:
+    """Write ``step_XXXXXXXX.pt`` via a temporary file + rename, then prune to the last ``keep_last``."""
+    folder = checkpoint_dir(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = _atomic_torch_save(payload, folder / f"step_{step:08d}.pt")
     for old in list_checkpoints(out_dir)[:-keep_last]:
         old.unlink(missing_ok=True)
     return final

@@ -16,7 +16,11 @@ from typing import Any
 from .tracking import config_hash
 
 # Keys that say where/how a run is stored, not what it computes: left out of the config hash.
-NON_SEMANTIC_KEYS = ("out_dir", "resume", "log_interval", "progress", "tracking_uri", "experiment", "run_name")
+# The parent's checkpoint path and run id are left out too: ``parent_config_hash`` already pins it.
+NON_SEMANTIC_KEYS = (
+    "out_dir", "resume", "log_interval", "progress", "tracking_uri", "experiment", "run_name",
+    "init_from", "parent_run_id",
+)
 
 
 class ConfigError(ValueError):
@@ -134,6 +138,17 @@ def load_train_config(path: str | Path, overrides: dict[str, Any] | None = None)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
-    values = Config.fromfile(str(path)).to_dict()
-    values.update(overrides or {})
+    values = merge_overrides(Config.fromfile(str(path)).to_dict(), overrides or {})
     return build_train_config(values, source=str(path))
+
+
+def merge_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Overrides replace top-level keys; for dict-valued keys (``data``, ``model_overrides``,
+    ``forward_kwargs``) they replace the entries they name and keep the others."""
+    merged = dict(values)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged

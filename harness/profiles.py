@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
-from typing import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
 
 
 class UnknownNameError(KeyError):
@@ -52,6 +52,9 @@ class Profile:
         max_steps: training steps per task run; ``None`` means the recipe's own schedule.
         batch_size: per-device batch size; ``None`` means the recipe's own batch size.
         default_seeds: how many seeds ``harness run`` uses unless ``--seeds`` says otherwise.
+        pretrain: overrides applied to the paper's pretraining recipes (``configs/pretrain/*.py``) to
+            scale them to this profile; the same for every recipe and stage, so the recipes stay at
+            equal compute (steps x batch x data).
     """
 
     name: str
@@ -61,6 +64,7 @@ class Profile:
     max_steps: int | None
     batch_size: int | None
     default_seeds: int
+    pretrain: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def synthetic(self) -> bool:
@@ -79,15 +83,37 @@ PROFILES: dict[str, Profile] = {
             max_steps=4,
             batch_size=2,
             default_seeds=1,
+            pretrain=dict(
+                model="beit3_tiny_patch16_224",
+                model_overrides=dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+                                     num_visual_tokens=32, drop_path_rate=0.0),
+                data=dict(root="world:smoke", images="in21k/train", texts=["text/corpus.txt"],
+                          pairs="pairs/pairs-*.tar", tokenizer="spm/world.model",
+                          visual_tokenizer=dict(type="codebook", num_codes=32, seed=0), batch_size=2,
+                          max_text_len=32, max_pair_text_len=24),
+                max_steps=4, warmup_steps=1, lr=1e-3, min_lr=1e-5, precision="fp32", grad_checkpointing=False,
+                ckpt_interval=2, log_interval=1,
+            ),
         ),
         Profile(
             name="mini",
-            description="minutes on one GPU: base backbone, the generated mini world, short schedules",
+            description="minutes on 2 CPU cores: tiny backbone, the generated mini world, short schedules",
             world="mini",
-            model_size="base",
+            model_size="tiny",
             max_steps=200,
             batch_size=16,
             default_seeds=1,
+            pretrain=dict(
+                model="beit3_tiny_patch16_224",
+                model_overrides=dict(img_size=64, patch_size=8, embed_dim=128, depth=4, num_heads=4,
+                                     num_visual_tokens=256, drop_path_rate=0.1),
+                data=dict(root="world:mini", images="in21k/train", texts=["text/corpus.txt"],
+                          pairs="pairs/pairs-*.tar", tokenizer="spm/world.model",
+                          visual_tokenizer=dict(type="codebook", num_codes=256, seed=0), batch_size=16,
+                          max_text_len=48, max_pair_text_len=32),
+                max_steps=300, warmup_steps=30, lr=1e-3, min_lr=1e-5, precision="fp32", grad_checkpointing=False,
+                ckpt_interval=100, log_interval=10,
+            ),
         ),
         Profile(
             name="paper",

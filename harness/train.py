@@ -4,8 +4,9 @@
     torchrun --nproc_per_node 2 -m harness.train CONFIG.py [key=value ...]  # DDP: gloo on CPU, nccl on GPU
     python -m harness.train CONFIG.py resume=true                          # continue from the latest checkpoint
 
-A model's ``forward(batch, **forward_kwargs)`` returns a dict with a scalar ``loss`` and scalar logs;
-a data object gives ``next_batch()`` and ``state_dict()``/``load_state_dict()`` (its position), so
+A ``step_fn(model, batch)`` (by default ``model(batch, **forward_kwargs)``; tasks whose official
+forward returns logits supply their own, ``tasks.training_step``) returns a dict with a scalar ``loss``
+and scalar logs; a data object gives ``next_batch()`` and ``state_dict()``/``load_state_dict()`` (its position), so
 that a run killed at any step and resumed ends bit-identical to an uninterrupted run.
 """
 from __future__ import annotations
@@ -16,13 +17,14 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
 
 from .checkpointing import (
     ResumeError,
+    export_weights,
     latest_checkpoint,
     load_checkpoint_file,
     rng_state,
@@ -51,7 +53,8 @@ class TrainResult:
     wall_time_s: float = 0.0
     samples_per_s: float = 0.0
     samples_seen: int = 0
-    checkpoint: str = ""
+    checkpoint: str = ""  # the last resume checkpoint (full training state)
+    weights: str = ""  # the exported final weights, {'model': state_dict}: what derived runs load
     resumed_from_step: int = 0
 
 
@@ -135,6 +138,7 @@ def train(
     *,
     info: DistInfo | None = None,
     tracker: Any = None,
+    step_fn: Callable[[nn.Module, dict[str, Any]], dict[str, torch.Tensor]] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data`` for ``cfg.max_steps`` optimizer steps; returns what Table 3 reports."""
     info = info or DistInfo()
@@ -179,7 +183,7 @@ def train(
     sums: dict[str, float] = {}
     logged: dict[str, float] = {}
     window_samples, window_start = 0, time.perf_counter()
-    run_start, samples_seen, last_ckpt = time.perf_counter(), 0, ""
+    run_start, samples_seen, last_ckpt, weights = time.perf_counter(), 0, "", ""
     model.train()
     while step < cfg.max_steps:
         lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
@@ -192,7 +196,7 @@ def train(
             last_micro = micro == cfg.grad_accum_steps - 1
             sync = contextlib.nullcontext() if last_micro or not hasattr(model, "no_sync") else model.no_sync()
             with sync, autocast_context(cfg.precision, device):
-                out = model(batch, **cfg.forward_kwargs)
+                out = step_fn(model, batch) if step_fn is not None else model(batch, **cfg.forward_kwargs)
                 loss = out["loss"] / cfg.grad_accum_steps
             finite = all_reduce_mean(torch.isfinite(loss.detach()).float(), info)
             if finite.item() < 1.0:
@@ -239,6 +243,8 @@ def train(
             model_state, optim_state = full_state(model, optimizer, cfg, info)
             rngs = gather_rng_states(info)
             if info.is_main:
+                if step == cfg.max_steps:
+                    weights = str(export_weights(cfg.out_dir, model_state))
                 last_ckpt = str(save_checkpoint(cfg.out_dir, step, {
                     "model": model_state, "optimizer": optim_state, "scheduler": {"step": step},
                     "scaler": scaler.state_dict(), "step": step, "rng": rngs, "data": data.state_dict(),
@@ -254,7 +260,7 @@ def train(
     return TrainResult(
         step=step, losses={k: v for k, v in logged.items() if k != "lr"}, wall_time_s=wall,
         samples_per_s=samples_seen / max(wall, 1e-9), samples_seen=samples_seen, checkpoint=last_ckpt,
-        resumed_from_step=resumed_from,
+        weights=weights, resumed_from_step=resumed_from,
     )
 
 
@@ -290,6 +296,16 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return overrides
 
 
+def resolve_data_root(data: dict[str, Any]) -> dict[str, Any]:
+    """``root: "world:<profile>"`` names the benchmark world, built on first use (``harness.world``)."""
+    root = data.get("root", "")
+    if isinstance(root, str) and root.startswith("world:"):
+        from .world import ensure_world
+
+        return {**data, "root": str(ensure_world(root.split(":", 1)[1]))}
+    return data
+
+
 def run_training(cfg: TrainConfig) -> TrainResult:
     """Build the task's model and data, open the MLflow run, train; the run ends FAILED on errors."""
     import tasks
@@ -299,17 +315,29 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     info = init_distributed()
     try:
         model = tasks.build_model(cfg.task, cfg.model, **cfg.model_overrides)
-        data = tasks.build_data(cfg.task, cfg.data, model=model, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
+        data_config = resolve_data_root(cfg.data)
+        data = tasks.build_data(cfg.task, data_config, model=model, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
         if cfg.trainable:
             tasks.configure_trainable(cfg.task, model, cfg.trainable)
+        step_fn = tasks.training_step(cfg.task, cfg.forward_kwargs)
         if not info.is_main:
-            return train(cfg, model, data, info=info)
+            return train(cfg, model, data, info=info, step_fn=step_fn)
+        # The run records the semantic config, so its config_hash tag is train_config_hash(cfg), the
+        # key under which finished runs are found and reused; where it is stored goes into tags.
         tags = {"profile": cfg.profile, "seed": str(cfg.seed), "task": cfg.task, "model": cfg.model,
-                "world_size": str(info.world_size)}
-        with start_run(cfg.experiment, cfg.run_name or cfg.task, cfg.to_dict(), tags,
+                "world_size": str(info.world_size), "out_dir": cfg.out_dir, "init_from": cfg.init_from}
+        with start_run(cfg.experiment, cfg.run_name or cfg.task, cfg.semantic_dict(), tags,
                        parent_run_id=cfg.parent_run_id or None) as tracker:
-            result = train(cfg, model, data, info=info, tracker=tracker)
-            tracker.set_tags({"final_step": str(result.step), "checkpoint": result.checkpoint})
+            result = train(cfg, model, data, info=info, tracker=tracker, step_fn=step_fn)
+            final = {f"final.{k}": v for k, v in result.losses.items()}
+            final.update({"wall_time_s": result.wall_time_s, "samples_per_s_overall": result.samples_per_s})
+            final.update({f"data.{k}": float(v) * (1 if k == "steps" else info.world_size)
+                          for k, v in getattr(data, "stats", dict)().items()
+                          if isinstance(v, (int, float))})
+            tracker.log_metrics(final, step=result.step)
+            tracker.set_tags({"final_step": str(result.step), "checkpoint": result.weights,
+                              "resume_checkpoint": result.checkpoint,
+                              "resumed_from_step": str(result.resumed_from_step)})
             return result
     finally:
         shutdown_distributed()

@@ -73,3 +73,13 @@ def build_data(task: str, data_config: dict, **kwargs: Any):
 def configure_trainable(task: str, model: nn.Module, selection: str) -> list[str]:
     """Freeze all but a named selection of parameters (e.g. a VLMo stage); returns the trainable names."""
     return task_module(task).configure_trainable(model, selection)
+
+
+def training_step(task: str, forward_kwargs: dict | None = None):
+    """``fn(model, batch) -> {"loss", ...}`` for the trainer: the task's ``training_step`` if it has one
+    (tasks whose official forward returns logits), else ``model(batch, **forward_kwargs)``."""
+    module = task_module(task)
+    kwargs = dict(forward_kwargs or {})
+    if hasattr(module, "training_step"):
+        return lambda model, batch: module.training_step(model, batch, **kwargs)
+    return lambda model, batch: model(batch, **kwargs)

@@ -540,3 +540,136 @@ class PretrainingData:
         for stream, reader in self.readers.items():
             reader.load_state_dict(state["readers"][stream])
         self._stats.update({k: int(v) for k, v in state["stats"].items()})
+
+
+# ------------------------------------------------------------------------------ from a data config
+# Defaults follow the benchmark world's layout, which mirrors the real sources (an IN-21K-style image
+# folder, a text corpus, WebDataset shards of pairs, a SentencePiece model).
+DATA_DEFAULTS: dict[str, Any] = {
+    "images": "in21k/train",
+    "texts": ["text/corpus.txt"],
+    "pairs": "pairs/pairs-*.tar",
+    "tokenizer": "spm/world.model",
+    "visual_tokenizer": {"type": "codebook", "num_codes": 256, "seed": 0},
+    "batch_size": 8,
+    "mixture": (1, 1, 1),
+    "streams": None,
+    "max_text_len": 64,
+    "max_pair_text_len": 32,
+    "text_mask_prob": 0.15,
+    "pair_mask_prob": 0.5,
+    "image_mask_ratio": 0.4,
+    "pair_image_mask_ratio": 0.0,
+    "shuffle_buffer": 0,
+}
+
+
+def _under(root: Any, path: str | Any) -> Any:
+    from pathlib import Path
+
+    path = Path(path)
+    return path if path.is_absolute() else Path(root) / path
+
+
+def _load_codebook_tokenizer(spec: Mapping[str, Any], root: Any, image_dir: Any, img_size: int, patch_size: int):
+    """The fitted codebook tokenizer at ``spec['path']``; fitted on the image folder (and cached) if absent."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from backbones.tokenizers import PatchCodebookTokenizer
+
+    num_codes = int(spec.get("num_codes", 256))
+    seed = int(spec.get("seed", 0))
+    default = f"visual_tokenizer/codebook-k{num_codes}-p{patch_size}-s{img_size}-seed{seed}.pt"
+    path = Path(_under(root, spec.get("path", default)))
+    if not path.is_file():
+        files = sorted(p for p in Path(image_dir).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        if not files:
+            raise DataError(f"cannot fit the visual tokenizer: no images under {image_dir}")
+
+        def batches(size: int = 64):
+            for start in range(0, len(files), size):
+                chunk = [TF.to_image(Image.open(f).convert("RGB")) for f in files[start : start + size]]
+                chunk = [TF.resize(img, [img_size, img_size], antialias=True) for img in chunk]
+                yield torch.stack([TF.to_dtype(img, torch.float32, scale=True) for img in chunk])
+
+        tokenizer = PatchCodebookTokenizer.fit(batches(), num_codes=num_codes, patch_size=patch_size, seed=seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(handle)
+        tokenizer.save(tmp)
+        os.replace(tmp, path)  # atomic: a concurrent or interrupted fit never leaves half a file
+    return PatchCodebookTokenizer.load(path)
+
+
+def build_pretraining_data(
+    data_config: Mapping[str, Any],
+    *,
+    model: Any,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    streams: Sequence[str] | None = None,
+) -> PretrainingData:
+    """:class:`PretrainingData` from a data config (keys: :data:`DATA_DEFAULTS` plus ``root``).
+
+    Paths are relative to ``root`` (the data-set root; the harness resolves ``world:<profile>`` to the
+    benchmark world). ``visual_tokenizer`` is ``{"type": "vqkd", "checkpoint": ...}`` (BEiT-v2, the
+    paper's targets) or ``{"type": "codebook", "num_codes": K}`` (fitted on the image folder on first
+    use and cached under ``root/visual_tokenizer/``). The model's vocabulary and MIM head must fit the
+    tokenizers: checked here, with an error naming both sizes.
+    """
+    from backbones.tokenizers import TextTokenizer, build_visual_tokenizer
+    from tasks.data.pretraining import ImageFolderSource, ImageTextShards, TextCorpus
+
+    unknown = sorted(set(data_config) - set(DATA_DEFAULTS) - {"root"})
+    if unknown:
+        raise ValueError(f"unknown pretraining data key(s) {unknown}; valid: root, {', '.join(DATA_DEFAULTS)}")
+    cfg = {**DATA_DEFAULTS, **data_config}
+    if not cfg.get("root"):
+        raise ValueError("the pretraining data config needs 'root' (the data-set root)")
+    root = cfg["root"]
+    config = model.beit3.config
+    img_size, patch_size = config.image_hw[0], config.patch_size
+    streams = tuple(streams or cfg["streams"] or ("image", "text", "pair"))
+
+    text_tokenizer = TextTokenizer(_under(root, cfg["tokenizer"]))
+    if config.vocab_size < text_tokenizer.vocab_size:
+        raise ValueError(
+            f"the model's vocabulary ({config.vocab_size}) is smaller than the tokenizer's "
+            f"({text_tokenizer.vocab_size}, {cfg['tokenizer']}): build the model with vocab_size={text_tokenizer.vocab_size}"
+        )
+    images = texts = pairs = visual = None
+    if "image" in streams:
+        images = ImageFolderSource(_under(root, cfg["images"]))
+    if "text" in streams:
+        texts = TextCorpus([_under(root, p) for p in cfg["texts"]], rank=rank, world_size=world_size)
+    if "pair" in streams:
+        from pathlib import Path
+
+        shards = sorted(str(p) for p in Path(root).glob(cfg["pairs"])) if not Path(cfg["pairs"]).is_absolute() \
+            else sorted(str(p) for p in Path("/").glob(cfg["pairs"].lstrip("/")))
+        if not shards:
+            raise DataError(f"no pair shards match {cfg['pairs']!r} under {root}")
+        pairs = ImageTextShards(shards, rank=rank, world_size=world_size, seed=seed)
+    if "image" in streams or cfg["pair_image_mask_ratio"] > 0:
+        spec = dict(cfg["visual_tokenizer"])
+        if spec.get("type", "codebook") == "codebook":
+            visual = _load_codebook_tokenizer(spec, root, _under(root, cfg["images"]), img_size, patch_size)
+        else:
+            visual = build_visual_tokenizer({**spec, "checkpoint": str(_under(root, spec["checkpoint"]))})
+        head = getattr(model, "mim_head", None)
+        if head is not None and head.out_features != visual.num_codes:
+            raise ValueError(
+                f"the model's MIM head predicts {head.out_features} codes but the visual tokenizer has "
+                f"{visual.num_codes}: build the model with num_visual_tokens={visual.num_codes}"
+            )
+    return PretrainingData(
+        images=images, texts=texts, pairs=pairs, text_tokenizer=text_tokenizer, visual_tokenizer=visual,
+        img_size=img_size, patch_size=patch_size, batch_size=cfg["batch_size"], mixture=tuple(cfg["mixture"]),
+        streams=streams, max_text_len=cfg["max_text_len"], max_pair_text_len=cfg["max_pair_text_len"],
+        text_mask_prob=cfg["text_mask_prob"], pair_mask_prob=cfg["pair_mask_prob"],
+        image_mask_ratio=cfg["image_mask_ratio"], pair_image_mask_ratio=cfg["pair_image_mask_ratio"],
+        shuffle_buffer=cfg["shuffle_buffer"], seed=seed, rank=rank, world_size=world_size,
+    )

@@ -210,3 +210,10 @@ def build_pretrain_mdm(
             ``init="beit"`` (Table 11: BEiT init) and ``drop_path_rate=0.1``.
     """
     return BEiT3ForMaskedDataModeling(create_task_backbone(model_name, {}, backbone_overrides), num_visual_tokens)
+
+
+def build_data(data_config: dict, *, model, seed: int, rank: int = 0, world_size: int = 1):
+    """Every step draws images, texts and image-text pairs (``mixture``, 1:1:1 by default)."""
+    from tasks.pretrain_data import build_pretraining_data
+
+    return build_pretraining_data(data_config, model=model, seed=seed, rank=rank, world_size=world_size)

@@ -396,3 +396,28 @@ def build_pretrain_vlmo(
     """
     backbone = create_task_backbone(model_name, {"layout": "paper"}, backbone_overrides)
     return VLMoForPretraining(backbone, num_visual_tokens, mlm_weight, itc_vl_branch, itm_seed)
+
+
+STAGE_STREAMS = {1: ("image",), 2: ("text",), 3: ("pair",)}
+
+
+def _stage_of(selection: str | int) -> int:
+    stage = int(str(selection).removeprefix("stage"))
+    if stage not in STAGES:
+        raise ValueError(f"unknown VLMo stage {selection!r}; choose one of stage1, stage2, stage3")
+    return stage
+
+
+def build_data(data_config: dict, *, model, seed: int, rank: int = 0, world_size: int = 1):
+    """One stream per stage: images (1), texts (2), image-text pairs (3); ``data_config['stage']``."""
+    from tasks.pretrain_data import build_pretraining_data
+
+    config = dict(data_config)
+    stage = _stage_of(config.pop("stage", 3))
+    return build_pretraining_data(config, model=model, seed=seed, rank=rank, world_size=world_size,
+                                  streams=STAGE_STREAMS[stage])
+
+
+def configure_trainable(model: nn.Module, selection: str) -> list[str]:
+    """``selection`` = ``stage1`` | ``stage2`` | ``stage3`` (see :func:`configure_stage`)."""
+    return configure_stage(model, _stage_of(selection))

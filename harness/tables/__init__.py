@@ -92,11 +92,13 @@ class TableResult:
         table: the table name.
         groups: row-group key -> the title printed above its rows, in display order.
         rows: the measured numbers, in display order within each group.
+        annotations: facts that are not numbers (MLflow run ids, reuse status), keyed like rows.
     """
 
     table: str
     groups: Mapping[str, str]
     rows: tuple[ResultRow, ...]
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         """``{"<group>.<component>": value}``, the numbers logged to MLflow."""
@@ -365,6 +367,19 @@ def run_table(
     """
     config = table_config(spec, profile, seeds)
     paper = spec.paper_rows
+    # The table's training runs record in the same store as the table's own run.
+    previous_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    try:
+        return _run_and_record(spec, profile, seeds, config, paper, out_dir, results_dir, tracking_uri)
+    finally:
+        if previous_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_uri
+
+
+def _run_and_record(spec, profile, seeds, config, paper, out_dir, results_dir, tracking_uri) -> TableOutputs:
     with tracking.start_run(
         TABLES_EXPERIMENT,
         f"{spec.name}-{profile.name}",
@@ -389,4 +404,4 @@ def run_table(
 
 
 # Importing the spec modules registers them (as timm's models/__init__ does).
-from harness.tables import table2  # noqa: E402,F401
+from harness.tables import table2, table3  # noqa: E402,F401
