@@ -72,13 +72,22 @@ def recipe_configs(recipe: str, profile: Profile, seed: int = 0) -> list[TrainCo
         stage = Path(relative).stem.split("_")[-1] if recipe == "vlmo" else "mdm"
         overrides = {**profile.pretrain, "seed": seed, "profile": profile.name,
                      "run_name": f"{recipe}-{stage}-{profile.name}-seed{seed}"}
-        configs.append(fill_from_world(load_train_config(CONFIG_ROOT / relative, overrides)))
+        cfg = fill_from_world(load_train_config(CONFIG_ROOT / relative, overrides))
+        if configs:  # a stage descends from the one before; its hash is known before anything runs
+            cfg = dataclasses.replace(cfg, parent_config_hash=train_config_hash(configs[-1]))
+        configs.append(cfg)
     return configs
 
 
 def derive(cfg: TrainConfig, parent: RunRecord | None) -> TrainConfig:
+    """``cfg`` started from ``parent``'s weights, carrying its run id and config hash."""
     if parent is None:
         return cfg
+    if cfg.parent_config_hash and cfg.parent_config_hash != parent.config_hash:
+        raise ValueError(
+            f"{cfg.run_name} was planned to descend from config {cfg.parent_config_hash[:12]}, "
+            f"but the parent run {parent.run_id} has config {parent.config_hash[:12]}"
+        )
     return dataclasses.replace(cfg, init_from=parent.checkpoint, parent_run_id=parent.run_id,
                                parent_config_hash=parent.config_hash)
 

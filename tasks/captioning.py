@@ -19,11 +19,25 @@ captions.
 >>> model = tasks.build_model("captioning", "beit3_base_patch16_480")
 >>> ids = generate(model, images, tokenizer)                 # (B, 32) token ids, beam 3
 >>> captions = tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+Training and evaluation on the Karpathy COCO layout (or a benchmark world):
+``build_data(data_config, model=, seed=, rank=, world_size=)`` gives the trainer's batches
+(:func:`collate_train`'s keys plus ``global_step``, the optimizer step the loss's drop-worst schedule
+reads), :func:`training_step` the ``BertCaptioningLoss``, ``evaluate(model, data_config, split="val" |
+"test")`` beam search (3 beams, length penalty 0.6, KV cache) scored by the COCO caption metrics
+against the Karpathy references. ``data_config`` keys (:data:`DATA_DEFAULTS`): ``root`` (official
+``data_path`` with ``train2014/``, ``val2014/`` and the Karpathy file, or a world directory),
+``annotation`` (``dataset_coco.json``), ``tokenizer``, ``split``, ``batch_size`` (per rank),
+``img_size`` (default the model's), ``max_len`` (``num_max_bpe_tokens``), ``mask_prob``, ``randaug``,
+``quirks``, ``num_workers``, ``grad_accum_steps`` (the trainer's, for ``global_step``).
 """
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -32,22 +46,38 @@ from torch import nn
 
 from backbones import BEiT3Backbone
 from tasks import register_task
-from tasks.heads import TaskModel, create_task_backbone, init_head_weights
+from tasks.finetune_data import (
+    DataRoot,
+    FinetuneData,
+    check_not_empty,
+    check_text_fits,
+    eval_batches,
+    load_text_tokenizer,
+    merge_config,
+    model_img_size,
+    resolve_root,
+)
+from tasks.heads import TaskModel, check_quirks, create_task_backbone, init_head_weights, transform_is_train
 
 __all__ = [
     "CAPTIONING_RECIPES",
+    "DATA_DEFAULTS",
     "BEiT3ForCaptioning",
     "BertCaptioningLoss",
     "SpecialTokens",
+    "build_data",
+    "build_eval_dataset",
     "captioning_attention_mask",
     "captioning_loss",
     "collate_eval",
     "collate_train",
     "decode_captions",
+    "evaluate",
     "evaluate_captions",
     "generate",
     "mask_caption_tokens",
     "predict_captions",
+    "training_step",
 ]
 
 POSITION_OFFSET = 2  # fairseq: the first text token sits at position 2 of the text table
@@ -668,3 +698,127 @@ def evaluate_captions(
 
     predictions = predict_captions(model, batches, tokenizer, **generate_kwargs)
     return caption_scores(predictions, references), predictions
+
+
+# --------------------------------------------------------------------------- training and evaluation
+DATA_DEFAULTS: dict[str, Any] = {
+    "root": None,  # official data_path (train2014/, val2014/, dataset_coco.json), or a benchmark-world directory
+    "annotation": "dataset_coco.json",  # Karpathy file, relative to the data root
+    "tokenizer": None,  # SentencePiece .model, relative to root; default: the world's
+    "split": "train",  # train (Karpathy train + restval) | val | test
+    "batch_size": 16,  # per rank (the recipes' batch_size is the total)
+    "img_size": None,  # default: the model's input size
+    "max_len": 32,  # num_max_bpe_tokens
+    "mask_prob": 0.7,  # get_started's --captioning_mask_prob (argparse default 0.6)
+    "randaug": True,
+    "quirks": "fixed",
+    "num_workers": 0,
+    "grad_accum_steps": 1,  # the trainer's: global_step counts optimizer steps
+}
+
+
+def _prepare(data_config: Mapping[str, Any], model: BEiT3ForCaptioning):
+    cfg = merge_config(data_config, DATA_DEFAULTS, "captioning")
+    check_quirks(cfg["quirks"])
+    root = resolve_root(cfg, "coco_karpathy")
+    tokenizer = load_text_tokenizer(cfg["tokenizer"], root)
+    check_text_fits(model, tokenizer, cfg["max_len"])
+    cfg["img_size"] = model_img_size(model, cfg["img_size"])
+    return cfg, root, tokenizer
+
+
+def _captions(cfg: Mapping[str, Any], root: DataRoot, split: str, transform_split: str):
+    from tasks.data.karpathy import KarpathyCaptions
+    from tasks.data.transforms import build_vl_transform
+
+    transform = build_vl_transform(transform_is_train(transform_split, cfg["quirks"]), cfg["img_size"], cfg["randaug"])
+    return KarpathyCaptions(root.file(cfg["annotation"]), root.data, split, task="captioning", transform=transform)
+
+
+def _collate(items: Sequence[Mapping[str, Any]], generator: torch.Generator, *, tokenizer: Any, max_len: int,
+             mask_prob: float) -> dict[str, torch.Tensor]:
+    return collate_train(items, tokenizer, generator=generator, max_len=max_len, mask_prob=mask_prob)
+
+
+def build_data(data_config: dict, *, model: BEiT3ForCaptioning, seed: int, rank: int = 0,
+               world_size: int = 1) -> FinetuneData:
+    """Training batches (:class:`tasks.finetune_data.FinetuneData`) of ``data_config`` (:data:`DATA_DEFAULTS`):
+    one row per caption (official), masked by :func:`mask_caption_tokens` with the step's generator.
+
+    Raises:
+        ValueError: ``max_len`` exceeds the model's text position table, or the tokenizer its vocabulary.
+    """
+    cfg, root, tokenizer = _prepare(data_config, model)
+    if cfg["split"] != "train":
+        raise ValueError(f"captioning trains on the Karpathy train split (train + restval), not {cfg['split']!r}")
+    batch_collate = partial(_collate, tokenizer=tokenizer, max_len=cfg["max_len"], mask_prob=cfg["mask_prob"])
+    return FinetuneData(
+        _captions(cfg, root, "train", "train"), batch_collate, batch_size=cfg["batch_size"], seed=seed, rank=rank,
+        world_size=world_size, num_workers=cfg["num_workers"], step_key="global_step",
+        steps_per_update=cfg["grad_accum_steps"], name="captioning train",
+    )
+
+
+def training_step(
+    model: BEiT3ForCaptioning,
+    batch: Mapping[str, Any],
+    label_smoothing: float = 0.1,
+    drop_worst_ratio: float = 0.2,
+    drop_worst_after: int = 12000,
+) -> dict[str, torch.Tensor]:
+    """Official ``CaptioningHandler.train_batch`` with ``BertCaptioningLoss`` at ``batch["global_step"]``;
+    the loss settings (recipe defaults) come through the trainer's ``forward_kwargs``."""
+    criterion = BertCaptioningLoss(label_smoothing, drop_worst_ratio, drop_worst_after)
+    return captioning_loss(model, batch, criterion, int(batch["global_step"]))
+
+
+def build_eval_dataset(data_config: Mapping[str, Any], split: str, *, model: BEiT3ForCaptioning):
+    """The Karpathy reader :func:`evaluate` captions (one row per image), with the split's transform."""
+    cfg, root, _ = _prepare(data_config, model)
+    return _captions(cfg, root, split, split)
+
+
+def evaluate(
+    model: BEiT3ForCaptioning,
+    data_config: Mapping[str, Any],
+    *,
+    split: str = "test",
+    device: torch.device | str = "cpu",
+    batch_size: int = 16,
+    num_beams: int = 3,
+    length_penalty: float = 0.6,
+    use_cache: bool = True,
+    out_path: str | os.PathLike | None = None,
+    **score_kwargs: Any,
+) -> dict[str, float]:
+    """Caption every image of a Karpathy split (:func:`generate`: beams, length penalty, KV cache, at most
+    ``max_len`` tokens) and score against its reference captions (:func:`tasks.metrics.captioning.caption_scores`).
+
+    Args:
+        out_path: write the predictions as ``[{"image_id", "caption"}]`` (the official result file).
+        score_kwargs: ``caption_scores`` options (``ptb_tokenize``, ``meteor``, ``spice``).
+
+    Returns:
+        ``BLEU-1`` .. ``BLEU-4``, ``METEOR``, ``ROUGE-L``, ``CIDEr``, ``SPICE`` (pycocoevalcap's scale;
+        a metric that could not run is left out) and ``num_images``.
+
+    Raises:
+        EmptySplitError: the split has no images.
+    """
+    from tasks.data.karpathy import read_karpathy
+    from tasks.metrics.captioning import caption_scores
+
+    cfg, root, tokenizer = _prepare(data_config, model)
+    records, _ = read_karpathy(root.file(cfg["annotation"]), split)
+    check_not_empty(len(records), split, "images")
+    dataset = _captions(cfg, root, split, split)
+    predictions = predict_captions(
+        model, eval_batches(dataset, collate_eval, batch_size), tokenizer, num_beams=num_beams, max_len=cfg["max_len"],
+        length_penalty=length_penalty, use_cache=use_cache, device=device,
+    )
+    if out_path is not None:
+        with open(out_path, "w", encoding="utf-8") as f:
+            json.dump([{"image_id": i, "caption": c} for i, c in predictions.items()], f)
+    scores = caption_scores(predictions, dataset.gt_captions(), **score_kwargs)
+    metrics = {name: float(value) for name, value in scores.items() if isinstance(value, (int, float))}
+    return {**metrics, "num_images": float(len(predictions))}

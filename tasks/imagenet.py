@@ -19,10 +19,25 @@ Two ways, both built by ``tasks.build_model("imagenet", name, classifier=...)``:
 
 Metric: top-1/top-5 accuracy (:func:`topk_accuracy`). Checked against unilm ``modeling_finetune.py``
 and ``engine_for_finetuning.py`` (read, not run), the state-dict dump, and timm's loss classes.
+
+Training and evaluation on the class-folder layout (or a benchmark world):
+``build_data(data_config, model=, seed=, rank=, world_size=)`` gives the trainer's batches (``image,
+label``; with mixup/cutmix also the soft ``target``; for the retrieval classifier also the class-name
+tokens ``class_text, class_padding_mask, num_templates``), :func:`training_step` the official loss and
+``evaluate(model, data_config, split="val" | "test")`` top-1/top-5 in either classifier mode (the model
+says which). Mixup/cutmix are timm's ``Mixup`` with the official settings, applied when the batch is
+made, under RNGs seeded per step. ``data_config`` keys (:data:`DATA_DEFAULTS`): ``root`` (``train/``
+and ``val/`` class folders, or a world directory), ``val_folder``, ``classnames`` (default
+``classnames.txt``/``.json`` in ``root``), ``templates``, ``tokenizer`` (retrieval classifier only),
+``split``, ``batch_size`` (per rank), ``img_size`` (default the model's), ``crop_pct``, ``max_len``
+(class names), ``mixup``, ``cutmix``, ``cutmix_minmax``, ``mixup_prob``, ``mixup_switch_prob``,
+``mixup_mode``, ``label_smoothing`` (used by the mixed targets and the loss alike), ``quirks``,
+``num_workers``.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -31,6 +46,19 @@ from torch import nn
 
 from backbones import BEiT3Backbone
 from tasks import register_task
+from tasks.finetune_data import (
+    DataRoot,
+    FinetuneData,
+    check_not_empty,
+    check_text_fits,
+    eval_batches,
+    eval_mode,
+    load_text_tokenizer,
+    merge_config,
+    model_img_size,
+    resolve_root,
+    stack,
+)
 from tasks.heads import TaskModel, create_task_backbone, init_head_weights, scale_head_, transform_is_train
 from tasks.metrics.classification import topk_accuracy
 from tasks.retrieval import BEiT3ForRetrieval
@@ -38,14 +66,21 @@ from tasks.retrieval import BEiT3ForRetrieval
 __all__ = [
     "BEiT3ForImageClassification",
     "CLASSIFIERS",
+    "DATA_DEFAULTS",
     "DEFAULT_TEMPLATES",
     "ImageNetRetrievalClassifier",
     "PAPER_RECIPES",
     "RECIPES",
+    "build_data",
+    "build_eval_dataset",
     "build_imagenet",
+    "build_mixup",
     "build_transform",
+    "collate",
+    "evaluate",
     "loss",
     "topk_accuracy",
+    "training_step",
 ]
 
 CLASSIFIERS = ("linear", "retrieval")
@@ -238,3 +273,190 @@ def build_transform(split: str, img_size: int = 224, quirks: str = "fixed", crop
     from tasks.data.transforms import build_imagenet_transform
 
     return build_imagenet_transform(is_train=transform_is_train(split, quirks), img_size=img_size, crop_pct=crop_pct)
+
+
+# --------------------------------------------------------------------------- training and evaluation
+DATA_DEFAULTS: dict[str, Any] = {
+    "root": None,  # folder with train/ and val/ class folders, or a benchmark-world directory
+    "val_folder": "val",  # the folder of the val and test splits (ImageNet's reported split is val)
+    "classnames": None,  # class names file; default classnames.txt/.json in root (retrieval classifier)
+    "templates": DEFAULT_TEMPLATES,  # retrieval classifier: format strings with one {}
+    "tokenizer": None,  # retrieval classifier: SentencePiece .model, relative to root; default: the world's
+    "split": "train",
+    "batch_size": 16,  # per rank (the recipes' batch_size is the total)
+    "img_size": None,  # default: the model's input size
+    "crop_pct": 1.0,
+    "max_len": 64,  # class-name tokens (retrieval classifier)
+    "mixup": 0.8,
+    "cutmix": 1.0,
+    "cutmix_minmax": None,
+    "mixup_prob": 1.0,
+    "mixup_switch_prob": 0.5,
+    "mixup_mode": "batch",
+    "label_smoothing": 0.1,
+    "quirks": "fixed",
+    "num_workers": 0,
+}
+
+
+def build_mixup(cfg: Mapping[str, Any], num_classes: int, batch_size: int):
+    """timm ``Mixup`` with the official settings, or ``None`` when mixup and cutmix are off (official test)."""
+    from timm.data import Mixup
+
+    if not (cfg["mixup"] > 0 or cfg["cutmix"] > 0 or cfg["cutmix_minmax"] is not None):
+        return None
+    if cfg["mixup_mode"] in ("batch", "pair") and batch_size % 2:
+        raise ValueError(f"mixup/cutmix in {cfg['mixup_mode']!r} mode mixes pairs of images: batch_size must be even, "
+                         f"got {batch_size}")
+    return Mixup(mixup_alpha=cfg["mixup"], cutmix_alpha=cfg["cutmix"], cutmix_minmax=cfg["cutmix_minmax"],
+                 prob=cfg["mixup_prob"], switch_prob=cfg["mixup_switch_prob"], mode=cfg["mixup_mode"],
+                 label_smoothing=cfg["label_smoothing"], num_classes=num_classes)
+
+
+def collate(
+    items: Sequence[Mapping[str, Any]],
+    generator: torch.Generator | None = None,
+    *,
+    mixup: Callable | None = None,
+    label_smoothing: float = 0.1,
+    class_tokens: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Batch ``image, label`` (class ids); with ``mixup`` the images are mixed and ``target`` holds the
+    soft targets (timm draws from the global NumPy RNG, which :class:`FinetuneData` seeds per step).
+    ``label_smoothing`` rides along for :func:`training_step`; ``class_tokens`` (retrieval classifier)
+    adds ``class_text, class_padding_mask, num_templates``."""
+    batch: dict[str, Any] = {"image": stack(items, "image"), "label": stack(items, "label")}
+    if mixup is not None:
+        batch["image"], batch["target"] = mixup(batch["image"], batch["label"])
+    batch["label_smoothing"] = float(label_smoothing)
+    if class_tokens is not None:
+        batch.update(class_tokens)
+    return batch
+
+
+def _classifier_mode(model: nn.Module) -> str:
+    return "retrieval" if isinstance(getattr(model, "module", model), ImageNetRetrievalClassifier) else "linear"
+
+
+def _prepare(data_config: Mapping[str, Any], model: nn.Module):
+    cfg = merge_config(data_config, DATA_DEFAULTS, "imagenet")
+    root = resolve_root(cfg, "imagenet")
+    cfg["img_size"] = model_img_size(model, cfg["img_size"])
+    return cfg, root
+
+
+def _folder(cfg: Mapping[str, Any], root: DataRoot, split: str, transform_split: str):
+    from tasks.data.imagenet import ImageNetFolder
+
+    folder = "train" if split == "train" else cfg["val_folder"] if split in ("val", "test") else None
+    if folder is None:
+        raise ValueError(f"unknown ImageNet split {split!r}; choose train, val or test (test = the val images "
+                         "with the evaluation transform, the reported number)")
+    classnames = root.file(cfg["classnames"]) if cfg["classnames"] is not None else None
+    transform = build_transform(transform_split, cfg["img_size"], cfg["quirks"], cfg["crop_pct"])
+    return ImageNetFolder(root.data, folder, transform=transform, classnames=classnames)
+
+
+def _class_names(dataset) -> list[str]:
+    if dataset.classnames is None:
+        raise ValueError(f"the retrieval classifier needs class names: put classnames.txt or classnames.json in "
+                         f"{dataset.root}, or give the data config's 'classnames'")
+    return dataset.classnames
+
+
+def _check_classes(model: nn.Module, dataset) -> None:
+    num_classes = getattr(getattr(model, "module", model), "num_classes", None)
+    if num_classes is not None and num_classes != len(dataset.classes):
+        raise ValueError(f"the model's head has {num_classes} classes but {dataset.root} has {len(dataset.classes)} "
+                         f"class folders: build the model with num_classes={len(dataset.classes)}")
+
+
+def _class_tokens(cfg: Mapping[str, Any], root: DataRoot, model: nn.Module, names: Sequence[str]) -> dict[str, Any]:
+    tokenizer = load_text_tokenizer(cfg["tokenizer"], root)
+    check_text_fits(getattr(model, "module", model), tokenizer, cfg["max_len"])
+    templates = tuple(cfg["templates"])
+    if not templates or any("{}" not in t for t in templates):
+        raise ValueError(f"templates must be format strings with one '{{}}', got {list(templates)}")
+    encoded = tokenizer([t.format(name) for name in names for t in templates], max_len=cfg["max_len"])
+    return {"class_text": encoded["text_ids"], "class_padding_mask": encoded["padding_mask"],
+            "num_templates": len(templates)}
+
+
+def build_data(data_config: dict, *, model: nn.Module, seed: int, rank: int = 0, world_size: int = 1) -> FinetuneData:
+    """Training batches (:class:`tasks.finetune_data.FinetuneData`) of ``data_config`` (:data:`DATA_DEFAULTS`)."""
+    cfg, root = _prepare(data_config, model)
+    dataset = _folder(cfg, root, cfg["split"], "train")
+    _check_classes(model, dataset)
+    class_tokens = None
+    if _classifier_mode(model) == "retrieval":
+        class_tokens = _class_tokens(cfg, root, model, _class_names(dataset))
+    mixup = build_mixup(cfg, len(dataset.classes), cfg["batch_size"])
+    batch_collate = partial(collate, mixup=mixup, label_smoothing=cfg["label_smoothing"], class_tokens=class_tokens)
+    return FinetuneData(dataset, batch_collate, batch_size=cfg["batch_size"], seed=seed, rank=rank,
+                        world_size=world_size, num_workers=cfg["num_workers"], name=f"ImageNet {cfg['split']}")
+
+
+def _logits(model: nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
+    if "class_text" in batch:
+        return model(batch["image"], class_text=batch["class_text"], class_padding_mask=batch["class_padding_mask"],
+                     num_templates=int(batch["num_templates"]))
+    return model(batch["image"])
+
+
+def training_step(model: nn.Module, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Official ImageNet step: soft-target CE on mixed targets, else label-smoothing CE (``label_smoothing``
+    of the batch, 0.1 by default); logs the accuracy (percent) against the batch's class ids."""
+    logits = _logits(model, batch)
+    target = batch.get("target", batch["label"])
+    with torch.no_grad():
+        acc = 100.0 * (logits.argmax(dim=-1) == batch["label"]).float().mean()
+    return {"loss": loss(logits, target, float(batch.get("label_smoothing", 0.1))), "acc": acc}
+
+
+def build_eval_dataset(data_config: Mapping[str, Any], split: str, *, model: nn.Module):
+    """The class-folder reader :func:`evaluate` scores, with the split's transform (``quirks``)."""
+    cfg, root = _prepare(data_config, model)
+    return _folder(cfg, root, split, split)
+
+
+def evaluate(
+    model: nn.Module,
+    data_config: Mapping[str, Any],
+    *,
+    split: str = "test",
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """Top-1/top-5 accuracy (percent) on the val images: ``split="test"`` with the evaluation transform
+    (the reported number), ``"val"`` as the official model selection (training transform with
+    ``quirks="official"``). The linear head scores directly; the retrieval classifier first encodes the
+    class names (``templates``) and scores by cosine similarity.
+
+    Returns:
+        ``acc1``, ``acc5`` (``acc{min(5, classes)}`` with fewer classes), ``num_images``.
+
+    Raises:
+        EmptySplitError: the split folder holds no images. ValueError: head and class folders differ.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    cfg, root = _prepare(data_config, model)
+    folder = root.data / cfg["val_folder"]
+    if folder.is_dir():
+        has_image = any(p.suffix.lower() in IMG_EXTENSIONS for p in folder.rglob("*") if p.is_file())
+        check_not_empty(int(has_image), split, "images")
+    dataset = _folder(cfg, root, split, split)
+    _check_classes(model, dataset)
+    if _classifier_mode(model) == "retrieval":
+        tokenizer = load_text_tokenizer(cfg["tokenizer"], root)
+        check_text_fits(model, tokenizer, cfg["max_len"])
+        with eval_mode(model):
+            model.build_class_embeddings(_class_names(dataset), tokenizer, tuple(cfg["templates"]), cfg["max_len"])
+    logits, labels = [], []
+    with eval_mode(model):
+        for batch in eval_batches(dataset, partial(collate, label_smoothing=cfg["label_smoothing"]), batch_size):
+            logits.append(model(batch["image"].to(device)).float().cpu())
+            labels.append(batch["label"])
+    logits_all, labels_all = torch.cat(logits), torch.cat(labels)
+    topk = (1, min(5, logits_all.shape[1]))
+    return {**topk_accuracy(logits_all, labels_all, topk=topk, split=split), "num_images": float(labels_all.shape[0])}

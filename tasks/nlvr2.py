@@ -6,9 +6,22 @@ and the text BOS of both pairs, ``[v_a; l_a; v_b; l_b]`` (4D), go through LN -> 
 GELU -> Linear(2D, 2), whose two Linears are scaled by 0.001 at init. Cross-entropy loss, accuracy
 metric (dev for model selection, test-P reported). Checked against unilm ``modeling_finetune.py`` and
 ``engine_for_finetuning.py`` (read, not run) and the state-dict dump.
+
+Training and evaluation on the real file layout (or a benchmark world):
+``build_data(data_config, model=, seed=, rank=, world_size=)`` gives the trainer's batches (the
+official keys ``image, image2, language_tokens, padding_mask, label``), :func:`training_step` the
+cross-entropy, ``evaluate(model, data_config, split="dev" | "test1")`` the accuracy. ``data_config``
+keys (:data:`DATA_DEFAULTS`): ``root`` (official ``data_path`` with ``images/train/``, ``dev/``,
+``test1/``, or a world directory), ``nlvr_repo`` (official ``nlvr_repo_path``, a lil-lab/nlvr checkout;
+default ``root``, in a world the world directory), ``data_file`` (``nlvr2/data/{split}.json`` under
+``nlvr_repo``), ``tokenizer``, ``split``, ``batch_size`` (per rank), ``img_size`` (default the model's),
+``max_len``, ``randaug`` (off in the recipes), ``quirks``, ``num_workers``.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,10 +30,38 @@ from torch import nn
 
 from backbones import BEiT3Backbone
 from tasks import register_task
+from tasks.finetune_data import (
+    DataRoot,
+    FinetuneData,
+    check_not_empty,
+    check_text_fits,
+    eval_batches,
+    eval_mode,
+    load_text_tokenizer,
+    merge_config,
+    model_img_size,
+    resolve_root,
+    stack,
+    to_device,
+)
 from tasks.heads import TaskModel, TwoLayerMLP, create_task_backbone, init_head_weights, scale_head_, transform_is_train
 from tasks.metrics.classification import accuracy
 
-__all__ = ["BEiT3ForVisualReasoning", "PAPER_RECIPES", "RECIPES", "accuracy", "build_nlvr2", "build_transform", "loss"]
+__all__ = [
+    "BEiT3ForVisualReasoning",
+    "DATA_DEFAULTS",
+    "PAPER_RECIPES",
+    "RECIPES",
+    "accuracy",
+    "build_data",
+    "build_eval_dataset",
+    "build_nlvr2",
+    "build_transform",
+    "collate",
+    "evaluate",
+    "loss",
+    "training_step",
+]
 
 # Official recipes (beit3/get_started/get_started_for_nlvr2.md); batch_size is the total batch.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -115,3 +156,112 @@ def build_transform(split: str, img_size: int = 224, quirks: str = "fixed", rand
     from tasks.data.transforms import build_vl_transform
 
     return build_vl_transform(is_train=transform_is_train(split, quirks), img_size=img_size, randaug=randaug)
+
+
+# --------------------------------------------------------------------------- training and evaluation
+DATA_DEFAULTS: dict[str, Any] = {
+    "root": None,  # official data_path (images/train/, dev/, test1/), or a benchmark-world directory
+    "nlvr_repo": None,  # official nlvr_repo_path, relative to root; default root (a world: its repo entry)
+    "data_file": "nlvr2/data/{split}.json",  # relative to nlvr_repo
+    "tokenizer": None,  # SentencePiece .model, relative to root; default: the world's
+    "split": "train",  # train | dev | test1
+    "batch_size": 16,  # per rank (the recipes' batch_size is the total)
+    "img_size": None,  # default: the model's input size
+    "max_len": 64,
+    "randaug": False,
+    "quirks": "fixed",
+    "num_workers": 0,
+}
+SPLITS = ("train", "dev", "test1")
+
+
+def _data_file(cfg: Mapping[str, Any], root: DataRoot, split: str) -> Path:
+    if split not in SPLITS:
+        raise ValueError(f"unknown NLVR2 split {split!r}; choose one of {', '.join(SPLITS)}")
+    repo = cfg["nlvr_repo"]
+    if repo is None:
+        entry = root.world_entry("nlvr2")
+        repo = entry.get("repo", ".") if entry is not None else "."
+    return root.base / repo / cfg["data_file"].format(split=split)  # absolute parts stay as they are
+
+
+def collate(
+    items: Sequence[Mapping[str, Any]], generator: torch.Generator | None = None, *, tokenizer: Any, max_len: int
+) -> dict[str, torch.Tensor]:
+    """Batch of ``NLVR2`` items with the official keys ``image, image2, language_tokens, padding_mask, label``."""
+    encoded = tokenizer([item["text"] for item in items], max_len=max_len)
+    return {"image": stack(items, "image"), "image2": stack(items, "image2"), "language_tokens": encoded["text_ids"],
+            "padding_mask": encoded["padding_mask"], "label": stack(items, "label")}
+
+
+def _prepare(data_config: Mapping[str, Any], model: nn.Module):
+    cfg = merge_config(data_config, DATA_DEFAULTS, "nlvr2")
+    root = resolve_root(cfg, "nlvr2")
+    tokenizer = load_text_tokenizer(cfg["tokenizer"], root)
+    check_text_fits(model, tokenizer, cfg["max_len"])
+    cfg["img_size"] = model_img_size(model, cfg["img_size"])
+    return cfg, root, tokenizer
+
+
+def _dataset(cfg: Mapping[str, Any], root: DataRoot, split: str, transform_split: str):
+    from tasks.data.nlvr2 import NLVR2
+
+    transform = build_transform(transform_split, cfg["img_size"], cfg["quirks"], cfg["randaug"])
+    return NLVR2(_data_file(cfg, root, split), root.data, split, transform=transform)
+
+
+def build_data(data_config: dict, *, model: nn.Module, seed: int, rank: int = 0, world_size: int = 1) -> FinetuneData:
+    """Training batches (:class:`tasks.finetune_data.FinetuneData`) of ``data_config`` (:data:`DATA_DEFAULTS`)."""
+    cfg, root, tokenizer = _prepare(data_config, model)
+    return FinetuneData(
+        _dataset(cfg, root, cfg["split"], "train"), partial(collate, tokenizer=tokenizer, max_len=cfg["max_len"]),
+        batch_size=cfg["batch_size"], seed=seed, rank=rank, world_size=world_size, num_workers=cfg["num_workers"],
+        name=f"NLVR2 {cfg['split']}",
+    )
+
+
+def _logits(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    return model(image_a=batch["image"], image_b=batch["image2"], text_description=batch["language_tokens"],
+                 padding_mask=batch["padding_mask"])
+
+
+def training_step(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official ``NLVR2Handler.train_batch``: cross-entropy; logs the batch accuracy (percent)."""
+    logits = _logits(model, batch)
+    with torch.no_grad():
+        acc = 100.0 * (logits.argmax(dim=-1) == batch["label"]).float().mean()
+    return {"loss": loss(logits, batch["label"]), "acc": acc}
+
+
+def build_eval_dataset(data_config: Mapping[str, Any], split: str, *, model: nn.Module):
+    """The reader :func:`evaluate` scores, with the split's transform (``quirks``)."""
+    cfg, root, _ = _prepare(data_config, model)
+    return _dataset(cfg, root, split, split)
+
+
+def evaluate(
+    model: nn.Module,
+    data_config: Mapping[str, Any],
+    *,
+    split: str = "dev",
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """Accuracy (percent) on ``split`` (``dev`` picks the checkpoint, ``test1`` is test-P).
+
+    Raises:
+        EmptySplitError: the split's file has no examples.
+    """
+    cfg, root, tokenizer = _prepare(data_config, model)
+    path = _data_file(cfg, root, split)
+    if path.is_file():
+        with open(path, encoding="utf-8") as f:
+            check_not_empty(sum(1 for line in f if line.strip()), split, "NLVR2 examples")
+    dataset = _dataset(cfg, root, split, split)
+    logits, labels = [], []
+    with eval_mode(model):
+        for batch in eval_batches(dataset, partial(collate, tokenizer=tokenizer, max_len=cfg["max_len"]), batch_size):
+            logits.append(_logits(model, to_device(batch, device)).float().cpu())
+            labels.append(batch["label"])
+    logits_all, labels_all = torch.cat(logits), torch.cat(labels)
+    return {"accuracy": accuracy(logits_all, labels_all, split=split), "num_examples": float(labels_all.shape[0])}

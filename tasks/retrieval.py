@@ -10,10 +10,32 @@ checkpoints (the released result of the paper's intermediate image-text contrast
 against unilm ``modeling_finetune.py``, ``utils.py::ClipLoss/GatherLayer`` and
 ``engine_for_finetuning.py`` (read, not run), the state-dict dump, and a two-process test of the
 gathered loss.
+
+Training and evaluation on the real file layout (or a benchmark world):
+``build_data(data_config, model=, seed=, rank=, world_size=)`` gives the trainer's batches (the
+official keys ``image, language_tokens, padding_mask, image_id``), :func:`training_step` the ClipLoss
+the model returns, ``evaluate(model, data_config, split="val" | "test")`` the recalls. Evaluating a
+model that was not fine-tuned (e.g. built with ``tasks.build_model("retrieval", ...)`` and loaded from
+a pretraining or ITC checkpoint) is the zero-shot evaluation; nothing else changes.
+
+The paper's intermediate ITC stage (Table 10: pretrain -> ITC on the pretraining image-text pairs ->
+retrieval fine-tuning) is ``data_config["source"] = "pretraining_pairs"`` with :data:`ITC_RECIPE`: the
+same model and loss on pairs streamed from WebDataset shards (``shards``), not the Karpathy captions.
+Its result is what the released ``*_itc`` checkpoints hold.
+
+``data_config`` keys (:data:`DATA_DEFAULTS`): ``root`` (official ``data_path`` with the images and the
+Karpathy file, or a world directory), ``dataset`` (``coco`` / ``flickr30k``), ``annotation`` (default
+``dataset_coco.json`` / ``dataset_flickr30k.json``), ``source`` (``karpathy`` / ``pretraining_pairs``),
+``shards`` (pretraining pairs: a brace pattern, glob or list relative to ``root``; a world's pairs by
+default), ``shuffle_buffer`` (pairs), ``tokenizer``, ``split``, ``batch_size`` (per rank), ``img_size``
+(default the model's), ``max_len``, ``randaug``, ``quirks``, ``num_workers``.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,22 +45,44 @@ from torch import nn
 from backbones import BEiT3Backbone
 from tasks import register_task
 from tasks.distributed import all_gather_with_grad, get_rank, get_world_size
+from tasks.finetune_data import (
+    DataRoot,
+    FinetuneData,
+    TransformFields,
+    check_not_empty,
+    check_text_fits,
+    eval_batches,
+    eval_mode,
+    load_text_tokenizer,
+    merge_config,
+    model_img_size,
+    resolve_root,
+    stack,
+    to_device,
+)
 from tasks.heads import TaskModel, create_task_backbone, init_head_weights, transform_is_train
 from tasks.metrics.retrieval import dedup_image_features, retrieval_recalls
 
 __all__ = [
     "BEiT3ForRetrieval",
+    "DATA_DEFAULTS",
     "FLICKR30K_RECIPES",
+    "ITC_RECIPE",
     "LOGIT_SCALE_INIT",
     "PAPER_RECIPES",
     "RECIPES",
+    "build_data",
+    "build_eval_dataset",
     "build_retrieval",
     "build_transform",
     "clip_loss",
+    "collate",
     "dedup_image_features",
+    "evaluate",
     "loss",
     "recipe",
     "retrieval_recalls",
+    "training_step",
 ]
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
@@ -189,3 +233,170 @@ def build_transform(split: str, img_size: int = 384, quirks: str = "fixed", rand
     from tasks.data.transforms import build_vl_transform
 
     return build_vl_transform(is_train=transform_is_train(split, quirks), img_size=img_size, randaug=randaug)
+
+
+# ------------------------------------------------------------------- the intermediate ITC stage (Table 10)
+# Paper App. A, the ITC stage between pretraining and retrieval fine-tuning: batch size "16k" (read as
+# 16384), 5 epochs on the pretraining image-text pairs, 224x224 images.
+ITC_RECIPE: dict[str, Any] = dict(
+    data_source="pretraining_pairs", img_size=224, batch_size=16384, epochs=5, lr=3e-5, layer_decay=0.95,
+    drop_path=0.3, opt_betas=(0.9, 0.999), next_stage="retrieval fine-tuning (RECIPES / PAPER_RECIPES)",
+    source="paper App. A (Table 10: pretrain -> ITC -> retrieval)",
+)
+
+# --------------------------------------------------------------------------- training and evaluation
+DATA_DEFAULTS: dict[str, Any] = {
+    "root": None,  # official data_path (images + Karpathy file), or a benchmark-world directory
+    "dataset": "coco",  # coco | flickr30k
+    "annotation": None,  # default dataset_coco.json / dataset_flickr30k.json, relative to the data root
+    "source": "karpathy",  # karpathy | pretraining_pairs (the intermediate ITC stage)
+    "shards": None,  # pretraining pairs: brace pattern / glob / list relative to root; default: a world's pairs
+    "shuffle_buffer": 0,  # pretraining pairs: seeded shuffle buffer (0: shard order)
+    "tokenizer": None,  # SentencePiece .model, relative to root; default: the world's
+    "split": "train",  # train (Karpathy train + restval) | val | test
+    "batch_size": 16,  # per rank (the recipes' batch_size is the total; the loss gathers all ranks)
+    "img_size": None,  # default: the model's input size
+    "max_len": 64,
+    "randaug": False,
+    "quirks": "fixed",
+    "num_workers": 0,
+}
+DATASETS = {"coco": ("coco_karpathy", "dataset_coco.json"), "flickr30k": ("flickr30k", "dataset_flickr30k.json")}
+SOURCES = ("karpathy", "pretraining_pairs")
+
+
+def collate(
+    items: Sequence[Mapping[str, Any]], generator: torch.Generator | None = None, *, tokenizer: Any, max_len: int
+) -> dict[str, torch.Tensor]:
+    """Batch with the official keys ``image, language_tokens, padding_mask`` and ``image_id`` (Karpathy
+    rows; pretraining pairs have no image id)."""
+    encoded = tokenizer([item["text"] for item in items], max_len=max_len)
+    batch = {"image": stack(items, "image"), "language_tokens": encoded["text_ids"],
+             "padding_mask": encoded["padding_mask"]}
+    if all("image_id" in item for item in items):
+        batch["image_id"] = stack(items, "image_id")
+    return batch
+
+
+def _prepare(data_config: Mapping[str, Any], model: nn.Module):
+    cfg = merge_config(data_config, DATA_DEFAULTS, "retrieval")
+    if cfg["dataset"] not in DATASETS:
+        raise ValueError(f"unknown retrieval dataset {cfg['dataset']!r}; choose one of {', '.join(DATASETS)}")
+    if cfg["source"] not in SOURCES:
+        raise ValueError(f"unknown retrieval data source {cfg['source']!r}; choose one of {', '.join(SOURCES)}")
+    world_name = "pairs" if cfg["source"] == "pretraining_pairs" else DATASETS[cfg["dataset"]][0]
+    root = resolve_root(cfg, world_name)
+    tokenizer = load_text_tokenizer(cfg["tokenizer"], root)
+    check_text_fits(model, tokenizer, cfg["max_len"])
+    cfg["img_size"] = model_img_size(model, cfg["img_size"])
+    return cfg, root, tokenizer
+
+
+def _annotation(cfg: Mapping[str, Any], root: DataRoot) -> Path:
+    return root.file(cfg["annotation"] or DATASETS[cfg["dataset"]][1])
+
+
+def _karpathy(cfg: Mapping[str, Any], root: DataRoot, split: str, transform_split: str):
+    from tasks.data.karpathy import KarpathyCaptions
+
+    transform = build_transform(transform_split, cfg["img_size"], cfg["quirks"], cfg["randaug"])
+    return KarpathyCaptions(_annotation(cfg, root), root.data, split, task="retrieval", transform=transform)
+
+
+def _pair_shards(cfg: Mapping[str, Any], root: DataRoot) -> list[str] | str:
+    shards = cfg["shards"]
+    if shards is None:
+        entry = root.world_entry("pairs")
+        if entry is None:
+            raise ValueError("source='pretraining_pairs' needs 'shards': the WebDataset shards of the pretraining "
+                             "image-text pairs (a brace pattern, a glob or a list, relative to root)")
+        shards = entry["shards"]
+    if isinstance(shards, str):
+        return shards if "://" in shards or Path(shards).is_absolute() else str(root.base / shards)
+    return [str(root.base / s) for s in shards]
+
+
+def build_data(data_config: dict, *, model: nn.Module, seed: int, rank: int = 0, world_size: int = 1) -> FinetuneData:
+    """Training batches (:class:`tasks.finetune_data.FinetuneData`) of ``data_config`` (:data:`DATA_DEFAULTS`):
+    Karpathy caption rows (one per caption, official), or the pretraining pairs for the ITC stage."""
+    cfg, root, tokenizer = _prepare(data_config, model)
+    batch_collate = partial(collate, tokenizer=tokenizer, max_len=cfg["max_len"])
+    common = {"batch_size": cfg["batch_size"], "seed": seed, "rank": rank, "world_size": world_size}
+    if cfg["source"] == "pretraining_pairs":
+        from tasks.data.pretraining import ImageTextShards
+
+        if cfg["num_workers"]:
+            raise ValueError("num_workers is not supported with source='pretraining_pairs' (a stream); set it to 0")
+        pairs = ImageTextShards(_pair_shards(cfg, root), rank=rank, world_size=world_size, shuffle_shards=True,
+                                seed=seed)
+        transform = build_transform("train", cfg["img_size"], cfg["quirks"], cfg["randaug"])
+        return FinetuneData(pairs, batch_collate, item_fn=TransformFields(transform), shuffle_buffer=cfg["shuffle_buffer"],
+                            name="retrieval ITC pretraining pairs", **common)
+    return FinetuneData(_karpathy(cfg, root, cfg["split"], "train"), batch_collate, num_workers=cfg["num_workers"],
+                        name=f"retrieval {cfg['dataset']} {cfg['split']}", **common)
+
+
+def training_step(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official ``RetrievalHandler.train_batch``: the model returns the ClipLoss. Logs the in-batch
+    image->text and text->image accuracy (percent, this rank's rows) and the temperature."""
+    total, vision_cls, language_cls = model(image=batch["image"], text_description=batch["language_tokens"],
+                                            padding_mask=batch["padding_mask"])
+    with torch.no_grad():
+        scores = vision_cls @ language_cls.t()
+        target = torch.arange(scores.shape[0], device=scores.device)
+        i2t = 100.0 * (scores.argmax(dim=1) == target).float().mean()
+        t2i = 100.0 * (scores.argmax(dim=0) == target).float().mean()
+        scale = getattr(model, "module", model).logit_scale.detach().exp()
+    return {"loss": total, "i2t_acc": i2t, "t2i_acc": t2i, "logit_scale": scale}
+
+
+def build_eval_dataset(data_config: Mapping[str, Any], split: str, *, model: nn.Module):
+    """The Karpathy reader :func:`evaluate` encodes, with the split's transform (``quirks``)."""
+    cfg, root, _ = _prepare({**data_config, "source": "karpathy"}, model)
+    return _karpathy(cfg, root, split, split)
+
+
+def evaluate(
+    model: nn.Module,
+    data_config: Mapping[str, Any],
+    *,
+    split: str = "test",
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """Image->text and text->image recalls on a Karpathy split (COCO 5k / Flickr30K 1k test).
+
+    Each image and each caption is encoded once (``only_infer``); :func:`retrieval_recalls` scores them.
+    With a model that was not fine-tuned this is the zero-shot evaluation.
+
+    Returns:
+        ``tr_r1, tr_r5, tr_r10, ir_r1, ir_r5, ir_r10, average_score`` (percent), ``num_images``, ``num_captions``.
+
+    Raises:
+        EmptySplitError: the split has no images.
+    """
+    from tasks.data.karpathy import read_karpathy
+
+    cfg, root, tokenizer = _prepare({**data_config, "source": "karpathy"}, model)
+    records, _ = read_karpathy(_annotation(cfg, root), split)
+    check_not_empty(len(records), split, "images")
+    dataset = _karpathy(cfg, root, split, split)
+    first_row: dict[int, int] = {}
+    for index, row in enumerate(dataset.rows):
+        first_row.setdefault(int(row["image_id"]), index)
+    image_ids = torch.tensor(list(first_row))
+    texts = [row["text"] for row in dataset.rows]
+    text_to_image = torch.tensor([int(row["image_id"]) for row in dataset.rows])
+
+    image_feats, text_feats = [], []
+    with eval_mode(model):
+        images = eval_batches(dataset, lambda items: {"image": stack(items, "image")}, batch_size,
+                              indices=list(first_row.values()))
+        for batch in images:
+            image_feats.append(model(image=batch["image"].to(device), only_infer=True)[0].float().cpu())
+        for start in range(0, len(texts), batch_size):
+            encoded = to_device(tokenizer(texts[start:start + batch_size], max_len=cfg["max_len"]), device)
+            text_feats.append(model(text_description=encoded["text_ids"], padding_mask=encoded["padding_mask"],
+                                    only_infer=True)[1].float().cpu())
+    result = retrieval_recalls(torch.cat(image_feats), torch.cat(text_feats), text_to_image, image_ids, split=split)
+    return {**result, "num_images": float(len(image_ids)), "num_captions": float(len(texts))}

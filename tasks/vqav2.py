@@ -12,11 +12,24 @@ not run) and the state-dict dump ``tests/assets/beit3-base-state-dict-keys.txt``
 ``quirks`` (``"fixed"`` default, ``"official"``): passed to the VQAv2 reader (how the soft targets
 count raw vs normalised answers) and to the choice of the validation transform (the official code
 validates on training-augmented images); see :func:`build_dataset` and :func:`build_transform`.
+
+Training and evaluation on the real file layout (or a benchmark world):
+``build_data(data_config, model=, seed=, rank=, world_size=)`` gives the trainer's batches
+(``image, question, padding_mask, labels, question_id``), :func:`training_step` the official loss, and
+``evaluate(model, data_config, split="val" | "test-dev")`` the official accuracy or the EvalAI file.
+``data_config`` keys (:data:`DATA_DEFAULTS`): ``root`` (official ``data_path`` holding ``train2014/``,
+``val2014/``, ``test2015/`` and ``vqa/``, or a world directory), ``tokenizer`` (SentencePiece model),
+``split`` (``train``, ``val``, or a list of both), ``questions`` / ``annotations`` (file templates with
+``{subtype}``), ``image_root``, ``answer_vocab`` (``answer2label.txt``; default built from train + val
+with ``answer_min_count``), ``batch_size`` (per rank), ``img_size`` (default the model's), ``max_len``,
+``randaug``, ``quirks``, ``num_workers``.
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -25,21 +38,42 @@ from torch import nn
 
 from backbones import BEiT3Backbone, read_state_dict
 from tasks import register_task
+from tasks.data.vqa import build_answer_vocab, read_answer_vocab
+from tasks.finetune_data import (
+    FinetuneData,
+    check_not_empty,
+    check_text_fits,
+    eval_batches,
+    eval_mode,
+    load_text_tokenizer,
+    merge_config,
+    model_img_size,
+    resolve_root,
+    stack,
+    to_device,
+)
 from tasks.heads import Pooler, TaskModel, check_quirks, create_task_backbone, init_head_weights, transform_is_train
 from tasks.metrics.vqa import question_accuracy, vqa_accuracy, vqa_score, vqa_submission
 
 __all__ = [
     "BEiT3ForVisualQuestionAnswering",
+    "DATA_DEFAULTS",
     "NUM_ANSWERS",
     "PAPER_RECIPES",
     "RECIPES",
+    "answer_vocab",
+    "build_data",
     "build_dataset",
+    "build_eval_dataset",
     "build_transform",
     "build_vqav2",
     "check_answer_vocab",
+    "collate",
+    "evaluate",
     "loss",
     "predictions_from_logits",
     "question_accuracy",
+    "training_step",
     "vqa_accuracy",
     "vqa_score",
     "vqa_submission",
@@ -241,3 +275,170 @@ def build_dataset(
         quirks=quirks,
         **reader_kwargs,
     )
+
+
+# --------------------------------------------------------------------------- training and evaluation
+# Data config of build_data / evaluate. Files are relative to the data root (the official data_path:
+# train2014/, val2014/, test2015/ and vqa/ with the question and annotation files); in a benchmark world
+# (root holding world.json) the data root is the world's "vqav2" folder and the tokenizer its spm model.
+DATA_DEFAULTS: dict[str, Any] = {
+    "root": None,  # data root, or a benchmark-world directory
+    "tokenizer": None,  # SentencePiece .model (beit3.spm), relative to root; default: the world's
+    "split": "train",  # train | val | test-dev | test, or a list (official test-dev model: ["train", "val"])
+    "questions": "vqa/v2_OpenEnded_mscoco_{subtype}_questions.json",
+    "annotations": "vqa/v2_mscoco_{subtype}_annotations.json",
+    "image_root": "",  # folder of train2014/ val2014/ test2015/, relative to the data root
+    "answer_vocab": None,  # answer2label.txt; default: built from train+val annotations (answer_min_count)
+    "answer_min_count": 9,  # official: answers seen >= 9 times (3129 on the real files)
+    "batch_size": 16,  # per rank (the recipes' batch_size is the total)
+    "img_size": None,  # default: the model's input size
+    "max_len": 64,
+    "randaug": True,
+    "quirks": "fixed",
+    "num_workers": 0,
+}
+SPLIT_SUBTYPES = {"train": "train2014", "val": "val2014", "test-dev": "test-dev2015", "test": "test2015"}
+ANNOTATED_SPLITS = ("train", "val")
+
+
+def _subtype(split: str) -> str:
+    if split not in SPLIT_SUBTYPES:
+        raise ValueError(f"unknown VQAv2 split {split!r}; choose one of {', '.join(SPLIT_SUBTYPES)}")
+    return SPLIT_SUBTYPES[split]
+
+
+def _questions_path(cfg: Mapping[str, Any], root, split: str):
+    return root.file(cfg["questions"].format(subtype=_subtype(split)))
+
+
+def answer_vocab(data_config: Mapping[str, Any]) -> list[str]:
+    """The answer vocabulary of a data config: ``answer_vocab`` (an ``answer2label.txt``), else the
+    official one built from the train and val annotations (answers seen ``answer_min_count`` times)."""
+    cfg = merge_config(data_config, DATA_DEFAULTS, "vqav2")
+    root = resolve_root(cfg, "vqav2")
+    if cfg["answer_vocab"] is not None:
+        return read_answer_vocab(root.file(cfg["answer_vocab"]))
+    files = [root.file(cfg["annotations"].format(subtype=_subtype(s))) for s in ANNOTATED_SPLITS]
+    return build_answer_vocab(files, min_count=cfg["answer_min_count"])
+
+
+def collate(
+    items: Sequence[Mapping[str, Any]], generator: torch.Generator | None = None, *, tokenizer: Any, max_len: int
+) -> dict[str, torch.Tensor]:
+    """Batch of ``VQAv2`` items: ``image, question`` (ids), ``padding_mask, question_id`` and, with
+    targets, ``labels`` (the soft scores); the official handler's inputs under the model's names."""
+    encoded = tokenizer([item["question"] for item in items], max_len=max_len)
+    batch = {"image": stack(items, "image"), "question": encoded["text_ids"], "padding_mask": encoded["padding_mask"],
+             "question_id": stack(items, "question_id")}
+    if all("target" in item for item in items):
+        batch["labels"] = stack(items, "target")
+    return batch
+
+
+def _dataset(cfg: Mapping[str, Any], root, split: str, vocab: Sequence[str], *, drop_unlabeled: bool, transform_split: str):
+    annotations = root.file(cfg["annotations"].format(subtype=_subtype(split))) if split in ANNOTATED_SPLITS else None
+    return build_dataset(
+        _questions_path(cfg, root, split), root.file(cfg["image_root"]), transform_split, annotations_json=annotations,
+        answer_vocab=vocab, img_size=cfg["img_size"], randaug=cfg["randaug"], quirks=cfg["quirks"],
+        drop_unlabeled=drop_unlabeled,
+    )
+
+
+def _prepare(data_config: Mapping[str, Any], model: nn.Module):
+    cfg = merge_config(data_config, DATA_DEFAULTS, "vqav2")
+    check_quirks(cfg["quirks"])
+    root = resolve_root(cfg, "vqav2")
+    tokenizer = load_text_tokenizer(cfg["tokenizer"], root)
+    check_text_fits(model, tokenizer, cfg["max_len"])
+    vocab = answer_vocab(cfg)
+    check_answer_vocab(model, vocab)
+    cfg["img_size"] = model_img_size(model, cfg["img_size"])
+    return cfg, root, tokenizer, vocab
+
+
+def build_data(data_config: dict, *, model: nn.Module, seed: int, rank: int = 0, world_size: int = 1):
+    """Training batches (:class:`tasks.finetune_data.FinetuneData`) of ``data_config`` (keys:
+    :data:`DATA_DEFAULTS`): questions without an answer in the vocabulary are dropped (official).
+
+    Raises:
+        ValueError: the answer vocabulary does not fit the model's head, the text does not fit the model.
+    """
+    from torch.utils.data import ConcatDataset
+
+    cfg, root, tokenizer, vocab = _prepare(data_config, model)
+    splits = [cfg["split"]] if isinstance(cfg["split"], str) else list(cfg["split"])
+    unannotated = [s for s in splits if s not in ANNOTATED_SPLITS]
+    if unannotated:
+        raise ValueError(f"VQAv2 split(s) {unannotated} have no annotations to train on; train on "
+                         f"{' and/or '.join(ANNOTATED_SPLITS)}")
+    readers = [_dataset(cfg, root, s, vocab, drop_unlabeled=True, transform_split="train") for s in splits]
+    source = readers[0] if len(readers) == 1 else ConcatDataset(readers)
+    return FinetuneData(
+        source, partial(collate, tokenizer=tokenizer, max_len=cfg["max_len"]), batch_size=cfg["batch_size"],
+        seed=seed, rank=rank, world_size=world_size, num_workers=cfg["num_workers"], name=f"VQAv2 {'+'.join(splits)}",
+    )
+
+
+def training_step(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official ``VQAHandler.train_batch``: BCE x classes on the soft targets; logs the batch's VQA score."""
+    logits = model(image=batch["image"], question=batch["question"], padding_mask=batch["padding_mask"])
+    labels = batch["labels"]
+    with torch.no_grad():
+        score = 100.0 * labels.float().gather(1, logits.argmax(dim=1, keepdim=True)).mean()
+    return {"loss": loss(logits, labels), "vqa_score": score}
+
+
+def build_eval_dataset(data_config: Mapping[str, Any], split: str, *, model: nn.Module):
+    """The reader :func:`evaluate` scores: every question of ``split`` (none dropped), the split's transform."""
+    cfg, root, _, vocab = _prepare(data_config, model)
+    return _dataset(cfg, root, split, vocab, drop_unlabeled=False, transform_split=split)
+
+
+def evaluate(
+    model: nn.Module,
+    data_config: Mapping[str, Any],
+    *,
+    split: str = "val",
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    out_path: str | os.PathLike | None = None,
+) -> dict[str, float]:
+    """Answer every question of ``split`` (arg-max over the answer vocabulary) and score it.
+
+    ``val``: the official accuracy (:func:`vqa_accuracy` against the annotations, all questions) as
+    ``vqa_accuracy`` and ``vqa_accuracy_<answer type>``, plus the training-time ``vqa_score``.
+    ``test-dev``/``test``: no annotations; the EvalAI file (:func:`vqa_submission`) is the result.
+    With ``out_path`` the submission JSON is written for any split.
+
+    Raises:
+        EmptySplitError: the split has no questions. ValueError: the vocabulary does not fit the head.
+        DataError: a question without annotation (named) and other bad records.
+    """
+    cfg, root, tokenizer, vocab = _prepare(data_config, model)
+    with open(_questions_path(cfg, root, split), encoding="utf-8") as f:
+        check_not_empty(len(json.load(f).get("questions") or []), split, "VQA questions")
+    dataset = _dataset(cfg, root, split, vocab, drop_unlabeled=False, transform_split=split)
+    batches = eval_batches(dataset, partial(collate, tokenizer=tokenizer, max_len=cfg["max_len"]), batch_size)
+    predictions: dict[int, str] = {}
+    logits_all, labels_all = [], []
+    with eval_mode(model):
+        for batch in batches:
+            batch = to_device(batch, device)
+            logits = model(image=batch["image"], question=batch["question"], padding_mask=batch["padding_mask"])
+            predictions.update(predictions_from_logits(logits.float().cpu(), batch["question_id"].cpu(), vocab))
+            if "labels" in batch:
+                logits_all.append(logits.float().cpu())
+                labels_all.append(batch["labels"].cpu())
+    rows = vqa_submission(predictions, [ex.question_id for ex in dataset.examples], split=split)
+    if out_path is not None:
+        with open(out_path, "w", encoding="utf-8") as f:
+            json.dump(rows, f)
+    if split not in ANNOTATED_SPLITS:
+        return {"num_questions": float(len(rows))}
+    result = vqa_accuracy(predictions, dataset.gt_answers(), split=split)
+    metrics = {"vqa_accuracy": result["overall"]}
+    metrics.update({f"vqa_accuracy_{kind}": value for kind, value in result["per_answer_type"].items()})
+    metrics["vqa_score"] = vqa_score(torch.cat(logits_all), torch.cat(labels_all), split=split)
+    metrics["num_questions"] = float(result["num_questions"])
+    return metrics
+

@@ -1,7 +1,9 @@
 import os
 
-import pytest
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads libgomp; see harness/__init__.py
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Deterministic, quiet, and sized for a 2-core machine.
 torch.set_num_threads(min(2, os.cpu_count() or 1))

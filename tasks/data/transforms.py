@@ -24,6 +24,8 @@ import math
 from collections.abc import Sequence
 
 import torch
+import PIL.Image
+import PIL.ImageOps
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from timm.data import create_transform
@@ -193,6 +195,23 @@ def build_vl_transform(is_train: bool, img_size: int, randaug: bool = True) -> v
     return v2.Compose(steps)
 
 
+def _posterize(img, bits_to_keep, **_):
+    """timm's posterize with the behaviour of the Pillow the official code ran on: 0 bits kept is a
+    black image (Pillow >= 11 raises on ``bits=0``, which ``rand-m9-mstd0.5-inc1`` draws now and then)."""
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep < 1:
+        return PIL.Image.new(img.mode, img.size)
+    return PIL.ImageOps.posterize(img, bits_to_keep)
+
+
+def _use_safe_posterize() -> None:
+    from timm.data import auto_augment
+
+    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+        auto_augment.NAME_TO_OP[name] = _posterize
+
+
 def build_imagenet_transform(is_train: bool, img_size: int, crop_pct: float = 1.0):
     """ImageNet-1k fine-tuning transform (official ``build_imagenet_transform``).
 
@@ -206,6 +225,7 @@ def build_imagenet_transform(is_train: bool, img_size: int, crop_pct: float = 1.
         raise ValueError(f"need img_size > 0 and 0 < crop_pct <= 1, got {img_size}, {crop_pct}")
     resize_im = img_size > 32
     if is_train:
+        _use_safe_posterize()  # before create_transform: timm binds its ops when it builds them
         transform = create_transform(
             input_size=img_size,
             is_training=True,

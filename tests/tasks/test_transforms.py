@@ -150,3 +150,16 @@ def test_randaugment_draws_with_a_generator(image):
     always = RandomAugment(num_ops=1, prob=1.0, ops=["TranslateX"], generator=torch.Generator().manual_seed(0))
     out = always(x)
     assert (out[:, :, :7] == 128).all() or (out[:, :, -7:] == 128).all()
+
+
+def test_imagenet_randaugment_posterize_to_zero_bits_gives_black_not_an_error():
+    """Pillow >= 11 rejects posterize(bits=0), which timm's rand-m9-mstd0.5-inc1 can draw."""
+    from PIL import Image
+    from timm.data.auto_augment import NAME_TO_OP
+
+    from tasks.data.transforms import build_imagenet_transform
+
+    build_imagenet_transform(is_train=True, img_size=64)
+    image = Image.new("RGB", (8, 8), (200, 100, 50))
+    assert NAME_TO_OP["PosterizeIncreasing"](image, 0).getpixel((0, 0)) == (0, 0, 0)
+    assert NAME_TO_OP["Posterize"](image, 8) is image

@@ -1,0 +1,94 @@
+"""NLVR2 fine-tuning on the smoke world: batches, loss, resume, evaluation, bad input."""
+import pytest
+import torch
+from timm.data.transforms import RandomResizedCropAndInterpolation
+from torchvision.transforms import v2
+
+import tasks
+from backbones.tokenizers import TextTokenizer
+from tasks import nlvr2
+from tasks.metrics.classification import EmptySplitError
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """The smoke world, built once per session (the fine-tuning test files share it)."""
+    from harness.world import build_world
+
+    root = tmp_path_factory.getbasetemp() / "finetune_world"
+    if not (root / "world.json").is_file():
+        build_world(root, "smoke", seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def config(world):
+    return {"root": str(world), "batch_size": 4}
+
+
+def tiny(world, **overrides):
+    tokenizer = TextTokenizer(world / "spm" / "world.model")
+    torch.manual_seed(0)
+    return tasks.build_model("nlvr2", "beit3_tiny_patch16_224", img_size=32, patch_size=16, embed_dim=32, depth=2,
+                             num_heads=2, **{"vocab_size": tokenizer.vocab_size, **overrides})
+
+
+def test_training_batches_have_the_official_keys_and_the_loss_is_finite(world, config):
+    model = tiny(world)
+    data = tasks.build_data("nlvr2", config, model=model, seed=0)
+    batch = data.next_batch()
+    assert set(batch) == {"image", "image2", "language_tokens", "padding_mask", "label"}
+    assert batch["image"].shape == batch["image2"].shape == (4, 3, 32, 32) and batch["label"].shape == (4,)
+    assert not torch.equal(batch["image"], batch["image2"])
+    step = tasks.training_step("nlvr2")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(3):
+        out = step(model, batch)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        assert torch.isfinite(out["loss"]) and 0.0 <= out["acc"].item() <= 100.0
+
+
+def test_resume_gives_identical_batches(world, config):
+    model = tiny(world)
+    straight = tasks.build_data("nlvr2", config, model=model, seed=1)
+    expected = [straight.next_batch() for _ in range(5)]  # 16 pairs, 4 batches an epoch: crosses an epoch
+    data = tasks.build_data("nlvr2", config, model=model, seed=1)
+    for _ in range(3):
+        data.next_batch()
+    resumed = tasks.build_data("nlvr2", config, model=model, seed=1)
+    resumed.load_state_dict(data.state_dict())
+    for want in expected[3:]:
+        got = resumed.next_batch()
+        assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_evaluate_dev_and_test1(world, config):
+    model = tiny(world)
+    for split in ("dev", "test1"):
+        metrics = nlvr2.evaluate(model, config, split=split, batch_size=3)
+        assert metrics["num_examples"] == 8 and 0.0 <= metrics["accuracy"] <= 100.0
+    with pytest.raises(ValueError, match="unknown NLVR2 split 'test'"):
+        nlvr2.evaluate(model, config, split="test")
+
+
+def test_quirks_decide_the_dev_transform(world, config):
+    model = tiny(world)
+    official = nlvr2.build_eval_dataset({**config, "quirks": "official"}, "dev", model=model)
+    assert isinstance(official.transform.transforms[0], RandomResizedCropAndInterpolation)
+    assert isinstance(nlvr2.build_eval_dataset(config, "dev", model=model).transform.transforms[0], v2.Resize)
+    assert isinstance(nlvr2.build_eval_dataset({**config, "quirks": "official"}, "test1", model=model)
+                      .transform.transforms[0], v2.Resize)
+
+
+def test_an_empty_split_and_too_long_text(world, config, tmp_path):
+    (tmp_path / "nlvr2" / "data").mkdir(parents=True)
+    (tmp_path / "nlvr2" / "data" / "dev.json").write_text("\n")
+    with pytest.raises(EmptySplitError, match="'dev'"):
+        nlvr2.evaluate(tiny(world), {**config, "nlvr_repo": str(tmp_path)}, split="dev")
+    short = tiny(world, max_text_positions=20)
+    with pytest.raises(ValueError, match="max_len=64 text tokens do not fit the model's text position table of 20"):
+        tasks.build_data("nlvr2", config, model=short, seed=0)
+    with pytest.raises(ValueError, match="unknown key.*max_length \\(did you mean max_len"):
+        tasks.build_data("nlvr2", {**config, "max_length": 20}, model=short, seed=0)
