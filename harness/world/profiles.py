@@ -1,0 +1,81 @@
+"""Sizes of the benchmark world, one frozen dataclass per profile."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+__all__ = ["WorldProfile", "PROFILES", "get_profile"]
+
+
+@dataclass(frozen=True)
+class WorldProfile:
+    """How much of the world to build.
+
+    Args:
+        name: profile name.
+        image_size: side of the images of the image-text and classification sets.
+        dense_image_size: side of the detection (COCO instances) and segmentation (ADE) images.
+        max_objects: most shapes in one image (image-text and classification sets).
+        dense_max_objects: most shapes in one detection / segmentation image.
+        coco_splits: Karpathy COCO images per split ``(train, restval, val, test)``.
+        vqa_questions_per_image: VQA questions asked about each COCO image.
+        vqa_test_images: images of ``test2015`` (the first half also form ``test-dev2015``).
+        flickr_splits: Flickr30K-style images per split ``(train, val, test)``.
+        pair_shards: number of WebDataset shards of captioned pairs.
+        pairs_per_shard: samples in each shard.
+        corpus_documents: documents of the image-free text corpus.
+        nlvr2_sets: NLVR2 sentence sets per split ``(train, dev, test1)``; each set is one sentence
+            labelled on 2 image pairs (one True, one False).
+        imagenet_per_class: ImageNet-style images per class ``(train, val)``.
+        in21k_images: images of the image-only (ImageNet-21K stand-in) set.
+        instances_splits: COCO-instances images ``(train2017, val2017)``.
+        ade_splits: ADE20K-style images ``(training, validation)``.
+        spm_vocab_size: SentencePiece vocabulary size (a soft limit: a small corpus may give fewer).
+    """
+
+    name: str
+    image_size: int
+    dense_image_size: int
+    max_objects: int
+    dense_max_objects: int
+    coco_splits: tuple[int, int, int, int]
+    vqa_questions_per_image: int
+    vqa_test_images: int
+    flickr_splits: tuple[int, int, int]
+    pair_shards: int
+    pairs_per_shard: int
+    corpus_documents: int
+    nlvr2_sets: tuple[int, int, int]
+    imagenet_per_class: tuple[int, int]
+    in21k_images: int
+    instances_splits: tuple[int, int]
+    ade_splits: tuple[int, int]
+    spm_vocab_size: int
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+PROFILES: dict[str, WorldProfile] = {
+    "smoke": WorldProfile(
+        name="smoke", image_size=32, dense_image_size=64, max_objects=4, dense_max_objects=5,
+        coco_splits=(16, 4, 6, 6), vqa_questions_per_image=3, vqa_test_images=6, flickr_splits=(8, 2, 2),
+        pair_shards=2, pairs_per_shard=8, corpus_documents=120, nlvr2_sets=(8, 4, 4), imagenet_per_class=(2, 1),
+        in21k_images=24, instances_splits=(8, 4), ade_splits=(8, 4), spm_vocab_size=300,
+    ),
+    "mini": WorldProfile(
+        name="mini", image_size=64, dense_image_size=128, max_objects=4, dense_max_objects=6,
+        coco_splits=(1500, 250, 250, 250), vqa_questions_per_image=5, vqa_test_images=250,
+        flickr_splits=(600, 100, 100), pair_shards=4, pairs_per_shard=500, corpus_documents=5000,
+        nlvr2_sets=(2500, 150, 150), imagenet_per_class=(60, 15), in21k_images=1000, instances_splits=(600, 150),
+        ade_splits=(600, 150), spm_vocab_size=1000,
+    ),
+}
+
+
+def get_profile(name: str) -> WorldProfile:
+    """The profile called ``name``; ``ValueError`` listing the known ones otherwise."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown world profile {name!r}; known profiles: {', '.join(sorted(PROFILES))}") from None
