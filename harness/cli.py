@@ -128,8 +128,9 @@ def cmd_data_world(args: argparse.Namespace) -> int:
         )
     from harness.world import build_world  # imported here: only this command needs PIL & co.
 
-    out = build_world(Path(args.out), profile.name, args.seed)
-    print(f"built the {profile.name} world (seed {args.seed}) in {out if out is not None else args.out}")
+    build_world(Path(args.out), profile.name, args.seed)
+    print(f"built the {profile.name} world (seed {args.seed}) in {args.out}; "
+          f"its contents and prior-only baselines: {Path(args.out) / 'README.md'}")
     return 0
 
 

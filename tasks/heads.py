@@ -39,7 +39,8 @@ __all__ = [
 
 HEAD_INIT_STD = 0.02
 # Keys of a pretraining checkpoint that no fine-tuning model has (masked-language / masked-image heads).
-PRETRAINING_HEADS = ("mlm_head.*", "mim_head.*")
+# Heads of our pretraining models: BEiT-3 MDM (MLM, MIM) and VLMo (also ITC, VL-branch ITC, ITM).
+PRETRAINING_HEADS = ("mlm_head.*", "mim_head.*", "itc_*", "itm_*", "logit_scale")
 
 
 def init_head_weights(module: nn.Module) -> None:

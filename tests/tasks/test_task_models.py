@@ -268,9 +268,19 @@ def test_task_model_surface_for_the_optimizer():
         "logit_scale", "beit3.encoder.embed_positions.A.weight", "beit3.vision_embed.cls_token"}
     model.set_grad_checkpointing()
     assert model.beit3.encoder.grad_checkpointing
+    from tasks.heads import PRETRAINING_HEADS
+
     assert tiny("vqav2", num_classes=4).pretrained_drop_patterns() == (
-        "mlm_head.*", "mim_head.*", "beit3.encoder.layer_norm.*", "pooler.*", "head.*")
-    assert tiny("nlvr2").pretrained_drop_patterns() == ("mlm_head.*", "mim_head.*", "head.*")
+        *PRETRAINING_HEADS, "beit3.encoder.layer_norm.*", "pooler.*", "head.*")
+    assert tiny("nlvr2").pretrained_drop_patterns() == (*PRETRAINING_HEADS, "head.*")
+
+
+def test_vlmo_pretraining_checkpoint_starts_a_fine_tune():
+    """The staged recipe's heads (ITC, VL-branch ITC, ITM, MIM, MLM) are all dropped, the rest loads strictly."""
+    vlmo = tasks.build_model("pretrain_vlmo", TINY, layout="paper", num_visual_tokens=16, **TINY_KW)
+    model = tasks.build_model("nlvr2", TINY, layout="paper", vl_ffn_layers=vlmo.config.vl_ffn_layers, **TINY_KW)
+    backbones.load_checkpoint(model, {"model": vlmo.state_dict()}, drop=model.pretrained_drop_patterns())
+    torch.testing.assert_close(model.beit3.encoder.layers[1].ffn.VL.fc1.weight, vlmo.beit3.encoder.layers[1].ffn.VL.fc1.weight)
 
 
 # ------------------------------------------------------------------------------------------ loading
