@@ -403,6 +403,11 @@ class PretrainingData:
         self.step = 0
         self._stats = {"images": 0, "texts": 0, "pairs": 0, "text_tokens": 0, "pair_text_tokens": 0}
 
+    @property
+    def samples_per_batch(self) -> int:
+        """Samples in one step, over every stream produced (what the trainer's samples/s counts)."""
+        return sum(self.batch_sizes[s] for s in self.streams)
+
     @staticmethod
     def _batch_sizes(batch_size: int | Mapping[str, int], mixture: Sequence[int]) -> dict[str, int]:
         if isinstance(batch_size, Mapping):

@@ -296,3 +296,12 @@ def test_visual_tokenizer_with_another_patch_size(text_tokenizer):
                              img_size=32, patch_size=16, batch_size=2)
     with pytest.raises(ValueError, match="codes of shape"):
         broken.next_batch()
+
+
+def test_samples_per_batch_counts_every_stream():
+    from tasks.pretrain_data import PretrainingData
+
+    data = PretrainingData.__new__(PretrainingData)
+    data.batch_sizes = {"image": 4, "text": 4, "pair": 8}
+    data.streams = ("image", "pair")
+    assert data.samples_per_batch == 12
