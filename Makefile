@@ -9,7 +9,7 @@ PIP       := $(PY) -m pip
 PIP_QUIET := --quiet --disable-pip-version-check
 STAMP     := $(VENV)/.installed
 PROFILE   ?= mini
-TABLE     ?= table2
+TABLE     ?= table3
 PYTEST_ARGS ?=
 
 .PHONY: setup main test test-fast bench clean-venv

@@ -129,9 +129,9 @@ def _build_coco_and_vqa(root: Path, prof: WorldProfile, seed: int) -> tuple[_Par
         path = vqa_dir / f"v2_OpenEnded_mscoco_{subset}_questions.json"
         writers.write_json(writers.vqa_questions_json(subset, questions), path)
         question_files[subset] = path.relative_to(root).as_posix()
-    for subset, annotations in vqa_annotations.items():
+    for subset, subset_annotations in vqa_annotations.items():
         path = vqa_dir / f"v2_mscoco_{subset}_annotations.json"
-        writers.write_json(writers.vqa_annotations_json(subset, annotations), path)
+        writers.write_json(writers.vqa_annotations_json(subset, subset_annotations), path)
         annotation_files[subset] = path.relative_to(root).as_posix()
 
     split_counts = {s: splits.count(s) for s in ("train", "restval", "val", "test")}
@@ -501,7 +501,8 @@ def _build_into(root: Path, prof: WorldProfile, seed: int) -> dict:
         "coco_instances": _build_instances(root, prof, seed),
         "ade20k": _build_ade(root, prof, seed),
     }
-    texts = [t for part in parts.values() for t in part.texts]
+    # Distinct lines in first-seen order: questions and class names repeat a lot.
+    texts = list(dict.fromkeys(t for part in parts.values() for t in part.texts))
     parts["spm"] = _build_spm(root, prof, seed, texts)
     paths: set[str] = set()
     for part in parts.values():
