@@ -55,6 +55,7 @@ class Profile:
         pretrain: overrides applied to the paper's pretraining recipes (``configs/pretrain/*.py``) to
             scale them to this profile; the same for every recipe and stage, so the recipes stay at
             equal compute (steps x batch x data).
+        finetune: overrides of the tasks' official recipes: ``common`` for every task, then per task.
     """
 
     name: str
@@ -65,6 +66,7 @@ class Profile:
     batch_size: int | None
     default_seeds: int
     pretrain: Mapping[str, Any] = field(default_factory=dict)
+    finetune: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def synthetic(self) -> bool:
@@ -94,6 +96,11 @@ PROFILES: dict[str, Profile] = {
                 max_steps=4, warmup_steps=1, lr=1e-3, min_lr=1e-5, precision="fp32", grad_checkpointing=False,
                 ckpt_interval=2, log_interval=1,
             ),
+            finetune=dict(
+                common=dict(max_steps=3, warmup_steps=1, lr=1e-3, min_lr=1e-5, ckpt_interval=3, log_interval=1,
+                            precision="fp32", data=dict(batch_size=2)),
+                captioning=dict(data=dict(batch_size=2, max_len=24)),
+            ),
         ),
         Profile(
             name="mini",
@@ -113,6 +120,11 @@ PROFILES: dict[str, Profile] = {
                           max_text_len=48, max_pair_text_len=32),
                 max_steps=300, warmup_steps=30, lr=1e-3, min_lr=1e-5, precision="fp32", grad_checkpointing=False,
                 ckpt_interval=100, log_interval=10,
+            ),
+            finetune=dict(
+                common=dict(max_steps=200, warmup_steps=20, lr=5e-4, min_lr=1e-6, ckpt_interval=100, log_interval=10,
+                            precision="fp32", data=dict(batch_size=16)),
+                captioning=dict(data=dict(batch_size=16, max_len=32)),
             ),
         ),
         Profile(

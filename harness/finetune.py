@@ -1,0 +1,130 @@
+"""Finetuning experiments: a task's official recipe, scaled by profile, started from the final weights
+of a pretraining recipe (``beit3``, ``vlmo``) or from scratch (``none``), evaluated with the task's
+official metric. The evaluation is logged into the finetune's own MLflow run (``eval.<split>.<metric>``),
+which is tagged with the pretraining run it descends from; a finished, evaluated run is reused.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+import tasks
+
+from .config import TrainConfig, build_train_config, train_config_hash
+from .experiments import RunRecord, ensure_recipe, ensure_run, recipe_configs
+from .profiles import Profile
+from .tracking import resolve_tracking_uri
+
+PRETRAINING_RECIPES = ("beit3", "vlmo", "none")
+FINETUNE_EXPERIMENT = "beit3-finetune"
+# Splits each task is scored on (the world and the real data sets name them alike).
+EVAL_SPLITS: dict[str, tuple[str, ...]] = {
+    "vqav2": ("val",),
+    "nlvr2": ("dev", "test1"),
+    "captioning": ("test",),
+    "retrieval": ("test",),
+    "imagenet": ("test",),
+}
+# Pretraining-only or schedule settings of the pretraining model that the task model does not take over.
+NOT_ARCHITECTURE = ("num_visual_tokens", "init", "drop_path_rate")
+
+
+def official_recipe(task: str) -> dict[str, Any]:
+    module = tasks.task_module(task)
+    recipes = getattr(module, "RECIPES", None) or getattr(module, "CAPTIONING_RECIPES")
+    return dict(recipes["base"])
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    task: str
+    recipe: str
+    run: RunRecord
+    metrics: dict[str, float]  # eval.<split>.<metric>
+    parents: tuple[RunRecord, ...] = ()
+
+
+def _architecture(recipe: str, profile: Profile) -> tuple[str, dict[str, Any], str]:
+    """Backbone name, architecture overrides and planned parent hash of the pretraining ``recipe``."""
+    source = recipe_configs("beit3" if recipe == "none" else recipe, profile)[-1]
+    architecture = {k: v for k, v in source.model_overrides.items() if k not in NOT_ARCHITECTURE}
+    parent_hash = "" if recipe == "none" else train_config_hash(source)
+    return source.model, architecture, parent_hash
+
+
+def finetune_config(task: str, recipe: str, profile: Profile, seed: int = 0) -> TrainConfig:
+    """The finetune of ``task`` after pretraining ``recipe`` under ``profile`` (official values, scaled)."""
+    if recipe not in PRETRAINING_RECIPES:
+        raise KeyError(f"unknown recipe {recipe!r}; known: {', '.join(PRETRAINING_RECIPES)}")
+    if not profile.finetune:
+        raise ValueError(
+            f"profile {profile.name!r} has no finetuning scale: on real data, launch each task's official "
+            "recipe with `python -m harness.train` / torchrun (see README)"
+        )
+    official = official_recipe(task)
+    scale = {**profile.finetune.get("common", {}), **profile.finetune.get(task, {})}
+    model, architecture, parent_hash = _architecture(recipe, profile)
+    model_overrides = {**architecture, "drop_path_rate": official.get("drop_path", 0.1), **scale.pop("model_overrides", {})}
+    data = {"root": profile.pretrain["data"]["root"], **scale.pop("data", {})}
+    if task == "vqav2":  # the head has one output per answer of the vocabulary built from the data
+        from .train import resolve_data_root
+
+        model_overrides["num_classes"] = len(tasks.task_module(task).answer_vocab(resolve_data_root(data)))
+    with torch.device("meta"):
+        drop = list(tasks.build_model(task, model, **model_overrides).pretrained_drop_patterns())
+    values = dict(
+        task=task, model=model, model_overrides=model_overrides, data=data,
+        lr=official["lr"], min_lr=official.get("min_lr", 1e-6), layer_decay=official.get("layer_decay", 1.0),
+        head_lr_scale=float(official.get("head_lr_weight") or 1.0), weight_decay=official.get("weight_decay", 0.05),
+        betas=tuple(official.get("opt_betas", (0.9, 0.999))), eps=official.get("opt_eps", 1e-8),
+        clip_grad=float(official.get("clip_grad") or 0.0), init_drop=[] if recipe == "none" else drop,
+        parent_config_hash=parent_hash, seed=seed, profile=profile.name, experiment=FINETUNE_EXPERIMENT,
+        run_name=f"{task}-{recipe}-{profile.name}-seed{seed}",
+    )
+    values.update(scale)
+    return build_train_config(values, source=f"finetune {task} ({profile.name})")
+
+
+def ensure_finetune(task: str, recipe: str, profile: Profile, seed: int = 0, *,
+                    tracking_uri: str | None = None) -> FinetuneResult:
+    """Pretrain (or reuse), finetune (or reuse) and evaluate (or reuse the logged evaluation)."""
+    parents = tuple(ensure_recipe(recipe, profile, seed, tracking_uri=tracking_uri)) if recipe != "none" else ()
+    cfg = finetune_config(task, recipe, profile, seed)
+    record = ensure_run(cfg, parents[-1] if parents else None, tracking_uri=tracking_uri)
+    wanted = EVAL_SPLITS[task]
+    metrics = {k: v for k, v in record.metrics.items() if k.startswith("eval.")}
+    missing = [split for split in wanted if not any(k.startswith(f"eval.{split}.") for k in metrics)]
+    if missing:
+        metrics.update(evaluate_run(cfg, record, missing, tracking_uri))
+    return FinetuneResult(task, recipe, record, metrics, parents)
+
+
+def evaluate_run(cfg: TrainConfig, record: RunRecord, splits: list[str], tracking_uri: str | None) -> dict[str, float]:
+    """Load the run's final weights, score ``splits`` with the task's official metric, log to the run."""
+    from mlflow.tracking import MlflowClient
+
+    from backbones import load_checkpoint
+
+    from .train import resolve_data_root
+
+    model = tasks.build_model(cfg.task, cfg.model, **cfg.model_overrides)
+    load_checkpoint(model, record.checkpoint)
+    model.eval()
+    data = resolve_data_root(cfg.data)
+    metrics: dict[str, float] = {}
+    for split in splits:
+        scores = tasks.task_module(cfg.task).evaluate(model, data, split=split)
+        metrics.update({f"eval.{split}.{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))})
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    for key, value in metrics.items():
+        client.log_metric(record.run_id, key, value)
+    return metrics
+
+
+def plan_finetunes(tasks_: tuple[str, ...], profile: Profile, seeds: int) -> list[tuple[str, str, int, TrainConfig]]:
+    """Every (task, recipe, seed) finetune a table needs, with its config (for ``--dry-run``)."""
+    return [(task, recipe, seed, finetune_config(task, recipe, profile, seed))
+            for task in tasks_ for recipe in PRETRAINING_RECIPES for seed in range(seeds)]
+

@@ -1,0 +1,72 @@
+"""Finetuning experiments: official recipes scaled by profile, lineage to pretraining, evaluation; table4."""
+import pytest
+from mlflow.tracking import MlflowClient
+
+from harness.experiments import recipe_configs
+from harness.finetune import ensure_finetune, finetune_config, official_recipe
+from harness.profiles import get_profile
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("BEIT3_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("BEIT3_DATA_ROOT", str(tmp_path / "data"))
+    return uri
+
+
+@pytest.mark.parametrize("task", ["vqav2", "nlvr2", "captioning"])
+def test_finetune_config_takes_the_official_recipe_and_the_recipes_architecture(task, sandbox):
+    smoke = get_profile("smoke")
+    official = official_recipe(task)
+    cfg = finetune_config(task, "vlmo", smoke)
+    assert cfg.task == task and cfg.experiment == "beit3-finetune"
+    assert cfg.layer_decay == official.get("layer_decay", 1.0)
+    assert cfg.weight_decay == official["weight_decay"]
+    assert cfg.model_overrides["drop_path_rate"] == official["drop_path"]
+    assert cfg.model_overrides["layout"] == "paper"  # VLMo's architecture, VL-FFN included
+    assert cfg.lr == smoke.finetune["common"]["lr"]  # scaled by the profile
+    assert "mlm_head.*" in cfg.init_drop and "itc_*" in cfg.init_drop
+    assert cfg.parent_config_hash  # planned: the hash of VLMo's last stage
+    assert finetune_config(task, "none", smoke).init_drop == []
+    assert finetune_config(task, "none", smoke).parent_config_hash == ""
+    if task == "vqav2":
+        assert cfg.head_lr_scale == 20.0
+
+
+def test_unknown_recipe_and_unscaled_profile(sandbox):
+    with pytest.raises(KeyError, match="unknown recipe 'clip'"):
+        finetune_config("nlvr2", "clip", get_profile("smoke"))
+    with pytest.raises(ValueError, match="no finetuning scale"):
+        finetune_config("nlvr2", "beit3", get_profile("paper"))
+
+
+@pytest.mark.slow
+def test_finetune_descends_from_pretraining_and_logs_the_official_metric(sandbox):
+    smoke = get_profile("smoke")
+    result = ensure_finetune("nlvr2", "beit3", smoke)
+    assert result.run.status == "ran"
+    assert set(result.metrics) >= {"eval.dev.accuracy", "eval.test1.accuracy"}
+    client = MlflowClient(sandbox)
+    run = client.get_run(result.run.run_id)
+    assert run.data.tags["parent_run_id"] == result.parents[-1].run_id
+    assert run.data.tags["parent_config_hash"] == result.parents[-1].config_hash
+    assert run.data.metrics["eval.dev.accuracy"] == result.metrics["eval.dev.accuracy"]
+    again = ensure_finetune("nlvr2", "beit3", smoke)
+    assert again.run.status == "reused" and again.metrics == result.metrics
+
+
+@pytest.mark.slow
+def test_table4_on_smoke(sandbox, tmp_path):
+    from harness.cli import main
+
+    assert main(["run", "table4", "--profile", "smoke", "--tracking-uri", sandbox,
+                 "--out", str(tmp_path / "reports"), "--results-dir", str(tmp_path / "results")]) == 0
+    text = (tmp_path / "reports" / "table4.md").read_text()
+    assert "BEiT-3 (paper) | 84.19 | 91.51 | 92.58 | 44.10 | 32.40 | 147.60 | 25.40" in text
+    for title in ("ours, BEiT-3 MDM pretraining", "ours, VLMo staged pretraining", "ours, no pretraining",
+                  "answer prior only"):
+        assert title in text
+    assert text.count("(ran)") == 9
+    assert len(recipe_configs("vlmo", get_profile("smoke"))) == 3
