@@ -7,17 +7,6 @@ import tasks
 from backbones.tokenizers import TextTokenizer
 
 
-@pytest.fixture(scope="session")
-def world(tmp_path_factory):
-    """The smoke world, built once per session (the fine-tuning test files share it)."""
-    from harness.world import build_world
-
-    root = tmp_path_factory.getbasetemp() / "finetune_world"
-    if not (root / "world.json").is_file():
-        build_world(root, "smoke", seed=0)
-    return root
-
-
 def run(world, out_dir, *, resume=False, crash_at=None):
     from harness.config import TrainConfig
     from harness.train import train

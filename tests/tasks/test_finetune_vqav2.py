@@ -13,17 +13,6 @@ from tasks.data.images import DataError
 from tasks.metrics.classification import EmptySplitError
 
 
-@pytest.fixture(scope="session")
-def world(tmp_path_factory):
-    """The smoke world, built once per session (the fine-tuning test files share it)."""
-    from harness.world import build_world
-
-    root = tmp_path_factory.getbasetemp() / "finetune_world"
-    if not (root / "world.json").is_file():
-        build_world(root, "smoke", seed=0)
-    return root
-
-
 @pytest.fixture(scope="module")
 def config(world):
     return {"root": str(world), "batch_size": 4, "answer_min_count": 1}
