@@ -1,0 +1,54 @@
+# CPU-sized Cascade Mask R-CNN (the paper's head) + simple pyramid on the benchmark world's COCO
+# instances; same backbone, data and schedule as beit3_mask-rcnn_mini.py.
+_base_ = [
+    './_base_/beit3_vitdet_cascade-mask-rcnn.py',
+    './_base_/world_coco_instance.py',
+    './_base_/schedule_mini.py',
+]
+
+image_size = (128, 128)
+num_classes = 3
+head_channels = 64
+backbone_norm_cfg = dict(type='LN2d', requires_grad=True)
+stage_stds = [[0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067]]
+model = dict(
+    data_preprocessor=dict(
+        pad_size_divisor=16,
+        batch_augments=[dict(type='BatchFixedSizePad', size=image_size, pad_mask=True)]),
+    backbone=dict(
+        img_size=128,
+        embed_dim=192,
+        depth=4,
+        num_heads=3,
+        out_indices=(3, ),
+        drop_path_rate=0.1,
+        window_size=4,
+        window_block_indexes=(0, 2),
+        use_rel_pos=True),
+    neck=dict(backbone_channel=192, in_channels=[48, 96, 192, 192], out_channels=head_channels),
+    rpn_head=dict(
+        in_channels=head_channels,
+        feat_channels=head_channels,
+        anchor_generator=dict(scales=[4])),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=head_channels),
+        bbox_head=[
+            dict(
+                type='Shared4Conv1FCBBoxHead',
+                in_channels=head_channels,
+                conv_out_channels=head_channels,
+                fc_out_channels=256,
+                roi_feat_size=7,
+                num_classes=num_classes,
+                norm_cfg=backbone_norm_cfg,
+                bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[0., 0., 0., 0.], target_stds=stds),
+                reg_class_agnostic=True,
+                loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
+                loss_bbox=dict(type='SmoothL1Loss', beta=1.0, loss_weight=1.0)) for stds in stage_stds
+        ],
+        mask_roi_extractor=dict(out_channels=head_channels),
+        mask_head=dict(in_channels=head_channels, conv_out_channels=head_channels, num_classes=num_classes)),
+    train_cfg=dict(rpn_proposal=dict(nms_pre=500, max_per_img=200)),
+    test_cfg=dict(
+        rpn=dict(nms_pre=500, max_per_img=200),
+        rcnn=dict(max_per_img=50)))

@@ -1,0 +1,128 @@
+"""Table 8 of BEiT-3 (arXiv 2208.10442): semantic segmentation on ADE20K, single- and multi-scale mIoU.
+
+Each pretraining recipe of table3 (``harness.dense.pretrained_sources``) initialises the backbone of
+two segmentors -- Mask2Former (the paper's head; Feature2Pyramid stands in for the paper's
+ViT-Adapter) and UperNet (the BEiT comparison point) -- fine-tuned through ``harness.dense``. The
+single-scale mIoU is the validation at the end of training; the multi-scale one tests the trained
+checkpoint with mmseg's ``SegTTAModel`` (the config's ``tta_pipeline``: several scales x flip), as a
+second MLflow run whose parent is the training run. Synthetic profiles run ``configs/seg/*_mini.py``
+on the benchmark world's ADE20K-format set; ``paper`` runs ``configs/seg/*_paper.py`` on ADE20K.
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Any, Mapping, Sequence
+
+from harness import dense
+from harness.profiles import Profile
+from harness.tables import Experiment, ResultRow, TableResult, TableSpec, register_table
+from harness.tables.table7 import render_dense_table
+
+TASK = "ade20k_semantic_segmentation"
+HEADS: dict[str, tuple[str, str]] = {
+    "mask2former": ("Mask2Former + Feature2Pyramid (the paper's head; ViT-Adapter not reproduced)",
+                    "seg/beit3_mask2former"),
+    "upernet": ("UperNet + Feature2Pyramid (the BEiT comparison point)", "seg/beit3_upernet"),
+}
+METRICS: dict[str, str] = {"miou_ss": "mIoU single-scale", "miou_ms": "mIoU multi-scale + flip"}
+METRIC_KEY = "mIoU"  # mmseg's IoUMetric, already in points
+
+
+def experiment_config(profile: Profile, source: dense.PretrainedSource, head: str, seed: int) -> dict[str, Any]:
+    """Everything that determines one segmentor run (hashed into its ``Experiment``)."""
+    return {
+        "config": f"{HEADS[head][1]}_{dense.config_variant(profile)}",
+        "head": head,
+        "source": source.name,
+        "source_identity": dict(source.identity),
+        "model": source.model_name,
+        "model_overrides": dict(source.model_overrides),
+        "layout": source.layout,
+        "world": profile.world,
+        "max_iters": profile.max_steps,
+        "batch_size": profile.batch_size,
+        "seed": seed,
+        "evaluation": ["single-scale", "tta"],
+    }
+
+
+def plan_experiments(table: str, profile: Profile, seeds: int,
+                     sources: Sequence[dense.PretrainedSource]) -> list[Experiment]:
+    return [
+        Experiment(f"{table}/{source.name}/{head}/seed{seed}", TASK, profile.name, seed,
+                   experiment_config(profile, source, head, seed))
+        for source in sources for head in HEADS for seed in range(seeds)
+    ]
+
+
+def measure(table: str, profile: Profile, seeds: int, sources: Sequence[dense.PretrainedSource],
+            tracking_uri: str | None = None) -> TableResult:
+    """Fine-tune, validate (single scale) and TTA-test every (source, head, seed); means over seeds."""
+    reference = dense.reference_source(sources)
+    data_root = dense.world_data_root(profile, "ade")
+    values: dict[tuple[str, str, str], list[float]] = {}
+    annotations: dict[str, str] = {}
+    for source in sources:
+        checkpoint = source.resolve()
+        for head in HEADS:
+            for seed in range(seeds):
+                experiment = Experiment(f"{table}/{source.name}/{head}/seed{seed}", TASK, profile.name, seed,
+                                        experiment_config(profile, source, head, seed))
+                work_dir = dense.work_dir_for(table, profile, f"{source.name}-{head}-seed{seed}",
+                                              experiment.config_hash)
+                common = dict(profile=profile.name, seed=seed, model_name=source.model_name,
+                              model_overrides=source.model_overrides, layout=source.layout, data_root=data_root,
+                              tracking_uri=tracking_uri)
+                tags = {"table": table, "head": head, "source": source.name,
+                        "experiment_config_hash": experiment.config_hash}
+                trained = dense.run_dense(
+                    experiment.config["config"], work_dir=work_dir / "train", run_name=experiment.name,
+                    checkpoint=checkpoint.path, max_iters=profile.max_steps, batch_size=profile.batch_size,
+                    parent_run_id=checkpoint.parent_run_id, parent_config_hash=checkpoint.parent_config_hash,
+                    tags=tags, **common,
+                )
+                if trained.checkpoint is None:
+                    raise FileNotFoundError(f"{experiment.name}: the training run saved no checkpoint in {work_dir}")
+                tested = dense.run_dense(
+                    experiment.config["config"], work_dir=work_dir / "tta", run_name=f"{experiment.name}/tta",
+                    mode="test", load_from=trained.checkpoint, tta=True, parent_run_id=trained.run_id,
+                    parent_config_hash=trained.config_hash, tags=tags, **common,
+                )
+                for metric, result in (("miou_ss", trained), ("miou_ms", tested)):
+                    if METRIC_KEY not in result.metrics:
+                        raise KeyError(
+                            f"{experiment.name}: IoUMetric reported no {METRIC_KEY!r} (got {sorted(result.metrics)})"
+                        )
+                    values.setdefault((head, source.name, metric), []).append(result.metrics[METRIC_KEY])
+                annotations[f"{head}.{source.name}.seed{seed}.run"] = trained.run_id
+                annotations[f"{head}.{source.name}.seed{seed}.tta_run"] = tested.run_id
+    rows = []
+    for head in HEADS:
+        for source in sources:
+            for metric, label in METRICS.items():
+                component = dense.row_component(source, reference, metric)
+                rows.append(ResultRow(head, component, f"{label} — {source.label}",
+                                      statistics.fmean(values[(head, source.name, metric)])))
+    groups = {head: title for head, (title, _) in HEADS.items()}
+    return TableResult(table, groups, tuple(rows), annotations)
+
+
+@register_table("table8")
+class Table8(TableSpec):
+    """ADE20K mIoU (single- and multi-scale) of BEiT-3-initialised segmentors."""
+
+    def plan(self, profile: Profile, seeds: int) -> list[Experiment]:
+        return plan_experiments(self.name, profile, seeds, dense.pretrained_sources(profile))
+
+    def run(self, profile: Profile, seeds: int) -> TableResult:
+        return measure(self.name, profile, seeds, dense.pretrained_sources(profile))
+
+    def render(self, result: TableResult, paper: Mapping[str, Any]) -> str:
+        summary = (
+            "mIoU (points) of segmentors fine-tuned from each pretraining recipe, single-scale and with "
+            "multi-scale + flip testing; the reference recipe's Mask2Former is compared with the paper's "
+            "BEiT-3 (giant, ViT-Adapter + Mask2Former, 896^2 crops, ADE20K val). Synthetic profiles run a "
+            "tiny backbone on the benchmark world: they check the pipeline end to end, not the paper's numbers."
+        )
+        columns = (("model", "model"), ("crop", "crop size"), ("miou_ss", "mIoU"), ("miou_ms", "+MS"))
+        return render_dense_table(f"Table 8: {self.title}", summary, result, paper, columns)
