@@ -31,8 +31,11 @@ EVAL_SPLITS: dict[str, tuple[str, ...]] = {
 NOT_ARCHITECTURE = ("num_visual_tokens", "init", "drop_path_rate")
 
 
-def official_recipe(task: str) -> dict[str, Any]:
+def official_recipe(task: str, variant: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The official base-size recipe of ``task`` (retrieval: of the ``variant``'s data set)."""
     module = tasks.task_module(task)
+    if task == "retrieval":
+        return dict(module.recipe("base", (variant or {}).get("dataset", "coco")))
     recipes = getattr(module, "RECIPES", None) or getattr(module, "CAPTIONING_RECIPES")
     return dict(recipes["base"])
 
@@ -54,8 +57,13 @@ def _architecture(recipe: str, profile: Profile) -> tuple[str, dict[str, Any], s
     return source.model, architecture, parent_hash
 
 
-def finetune_config(task: str, recipe: str, profile: Profile, seed: int = 0) -> TrainConfig:
-    """The finetune of ``task`` after pretraining ``recipe`` under ``profile`` (official values, scaled)."""
+def finetune_config(task: str, recipe: str, profile: Profile, seed: int = 0,
+                    variant: dict[str, Any] | None = None) -> TrainConfig:
+    """The finetune of ``task`` after pretraining ``recipe`` under ``profile`` (official values, scaled).
+
+    ``variant`` holds data settings that make another experiment of the same task, e.g.
+    ``{"dataset": "flickr30k"}`` for retrieval; its values name the run.
+    """
     if recipe not in PRETRAINING_RECIPES:
         raise KeyError(f"unknown recipe {recipe!r}; known: {', '.join(PRETRAINING_RECIPES)}")
     if not profile.finetune:
@@ -63,11 +71,11 @@ def finetune_config(task: str, recipe: str, profile: Profile, seed: int = 0) -> 
             f"profile {profile.name!r} has no finetuning scale: on real data, launch each task's official "
             "recipe with `python -m harness.train` / torchrun (see README)"
         )
-    official = official_recipe(task)
+    official = official_recipe(task, variant)
     scale = {**profile.finetune.get("common", {}), **profile.finetune.get(task, {})}
     model, architecture, parent_hash = _architecture(recipe, profile)
     model_overrides = {**architecture, "drop_path_rate": official.get("drop_path", 0.1), **scale.pop("model_overrides", {})}
-    data = {"root": profile.pretrain["data"]["root"], **scale.pop("data", {})}
+    data = {"root": profile.pretrain["data"]["root"], **scale.pop("data", {}), **(variant or {})}
     if task == "vqav2":  # the head has one output per answer of the vocabulary built from the data
         from .train import resolve_data_root
 
@@ -81,17 +89,17 @@ def finetune_config(task: str, recipe: str, profile: Profile, seed: int = 0) -> 
         betas=tuple(official.get("opt_betas", (0.9, 0.999))), eps=official.get("opt_eps", 1e-8),
         clip_grad=float(official.get("clip_grad") or 0.0), init_drop=[] if recipe == "none" else drop,
         parent_config_hash=parent_hash, seed=seed, profile=profile.name, experiment=FINETUNE_EXPERIMENT,
-        run_name=f"{task}-{recipe}-{profile.name}-seed{seed}",
+        run_name="-".join([task, *map(str, (variant or {}).values()), recipe, profile.name, f"seed{seed}"]),
     )
     values.update(scale)
     return build_train_config(values, source=f"finetune {task} ({profile.name})")
 
 
 def ensure_finetune(task: str, recipe: str, profile: Profile, seed: int = 0, *,
-                    tracking_uri: str | None = None) -> FinetuneResult:
+                    variant: dict[str, Any] | None = None, tracking_uri: str | None = None) -> FinetuneResult:
     """Pretrain (or reuse), finetune (or reuse) and evaluate (or reuse the logged evaluation)."""
     parents = tuple(ensure_recipe(recipe, profile, seed, tracking_uri=tracking_uri)) if recipe != "none" else ()
-    cfg = finetune_config(task, recipe, profile, seed)
+    cfg = finetune_config(task, recipe, profile, seed, variant)
     record = ensure_run(cfg, parents[-1] if parents else None, tracking_uri=tracking_uri)
     wanted = EVAL_SPLITS[task]
     metrics = {k: v for k, v in record.metrics.items() if k.startswith("eval.")}
@@ -123,8 +131,10 @@ def evaluate_run(cfg: TrainConfig, record: RunRecord, splits: list[str], trackin
     return metrics
 
 
-def plan_finetunes(tasks_: tuple[str, ...], profile: Profile, seeds: int) -> list[tuple[str, str, int, TrainConfig]]:
-    """Every (task, recipe, seed) finetune a table needs, with its config (for ``--dry-run``)."""
-    return [(task, recipe, seed, finetune_config(task, recipe, profile, seed))
-            for task in tasks_ for recipe in PRETRAINING_RECIPES for seed in range(seeds)]
+def plan_finetunes(experiments: tuple[tuple[str, dict[str, Any] | None], ...], profile: Profile,
+                   seeds: int) -> list[tuple[str, str, int, TrainConfig]]:
+    """Every (task, recipe, seed) finetune a table needs, with its config (for ``--dry-run``);
+    ``experiments`` are (task, variant) pairs."""
+    return [(task, recipe, seed, finetune_config(task, recipe, profile, seed, variant))
+            for task, variant in experiments for recipe in PRETRAINING_RECIPES for seed in range(seeds)]
 

@@ -62,7 +62,7 @@ class Table4(TableSpec):
         ]
         experiments += [
             Experiment(name=cfg.run_name, task=task, profile=profile.name, seed=seed, config=cfg.semantic_dict())
-            for task, _recipe, seed, cfg in plan_finetunes(TASKS, profile, seeds)
+            for task, _recipe, seed, cfg in plan_finetunes(tuple((task, None) for task in TASKS), profile, seeds)
         ]
         return experiments
 

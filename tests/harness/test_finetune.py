@@ -70,3 +70,25 @@ def test_table4_on_smoke(sandbox, tmp_path):
         assert title in text
     assert text.count("(ran)") == 9
     assert len(recipe_configs("vlmo", get_profile("smoke"))) == 3
+
+
+def test_a_data_variant_makes_another_experiment(sandbox):
+    smoke = get_profile("smoke")
+    coco = finetune_config("retrieval", "beit3", smoke, variant={"dataset": "coco"})
+    flickr = finetune_config("retrieval", "beit3", smoke, variant={"dataset": "flickr30k"})
+    assert (coco.data["dataset"], flickr.data["dataset"]) == ("coco", "flickr30k")
+    assert coco.run_name == "retrieval-coco-beit3-smoke-seed0"
+    assert coco.semantic_dict() != flickr.semantic_dict()
+    assert flickr.model_overrides["drop_path_rate"] == official_recipe("retrieval", {"dataset": "flickr30k"})["drop_path"]
+
+
+@pytest.mark.slow
+def test_table10_on_smoke(sandbox, tmp_path):
+    from harness.cli import main
+
+    assert main(["run", "table10", "--profile", "smoke", "--tracking-uri", sandbox,
+                 "--out", str(tmp_path / "reports"), "--results-dir", str(tmp_path / "results")]) == 0
+    text = (tmp_path / "reports" / "table10.md").read_text()
+    assert "| BEiT-3 finetuned directly, Table 10 (paper) | 82.7 | 96.0 | 98.2 | 65.1 |" in text
+    assert text.count("(ran)") == 6  # 3 recipes x (COCO, Flickr30K); the pretraining runs are separate
+    assert "chance (the world's baseline)" in text
