@@ -58,11 +58,12 @@ def _architecture(recipe: str, profile: Profile) -> tuple[str, dict[str, Any], s
 
 
 def finetune_config(task: str, recipe: str, profile: Profile, seed: int = 0,
-                    variant: dict[str, Any] | None = None) -> TrainConfig:
+                    variant: dict[str, Any] | None = None, model_variant: dict[str, Any] | None = None) -> TrainConfig:
     """The finetune of ``task`` after pretraining ``recipe`` under ``profile`` (official values, scaled).
 
-    ``variant`` holds data settings that make another experiment of the same task, e.g.
-    ``{"dataset": "flickr30k"}`` for retrieval; its values name the run.
+    ``variant`` holds data settings and ``model_variant`` model settings that make another experiment
+    of the same task, e.g. ``{"dataset": "flickr30k"}`` for retrieval or ``{"classifier": "retrieval"}``
+    for ImageNet; their values name the run.
     """
     if recipe not in PRETRAINING_RECIPES:
         raise KeyError(f"unknown recipe {recipe!r}; known: {', '.join(PRETRAINING_RECIPES)}")
@@ -74,12 +75,15 @@ def finetune_config(task: str, recipe: str, profile: Profile, seed: int = 0,
     official = official_recipe(task, variant)
     scale = {**profile.finetune.get("common", {}), **profile.finetune.get(task, {})}
     model, architecture, parent_hash = _architecture(recipe, profile)
-    model_overrides = {**architecture, "drop_path_rate": official.get("drop_path", 0.1), **scale.pop("model_overrides", {})}
+    model_overrides = {**architecture, "drop_path_rate": official.get("drop_path", 0.1), **scale.pop("model_overrides", {}),
+                       **(model_variant or {})}
     data = {"root": profile.pretrain["data"]["root"], **scale.pop("data", {}), **(variant or {})}
     if task == "vqav2":  # the head has one output per answer of the vocabulary built from the data
         from .train import resolve_data_root
 
         model_overrides["num_classes"] = len(tasks.task_module(task).answer_vocab(resolve_data_root(data)))
+    if task == "imagenet" and model_overrides.get("classifier", "linear") == "linear":
+        model_overrides["num_classes"] = count_classes(data)
     with torch.device("meta"):
         drop = list(tasks.build_model(task, model, **model_overrides).pretrained_drop_patterns())
     values = dict(
@@ -89,17 +93,32 @@ def finetune_config(task: str, recipe: str, profile: Profile, seed: int = 0,
         betas=tuple(official.get("opt_betas", (0.9, 0.999))), eps=official.get("opt_eps", 1e-8),
         clip_grad=float(official.get("clip_grad") or 0.0), init_drop=[] if recipe == "none" else drop,
         parent_config_hash=parent_hash, seed=seed, profile=profile.name, experiment=FINETUNE_EXPERIMENT,
-        run_name="-".join([task, *map(str, (variant or {}).values()), recipe, profile.name, f"seed{seed}"]),
+        run_name="-".join([task, *map(str, {**(variant or {}), **(model_variant or {})}.values()), recipe,
+                           profile.name, f"seed{seed}"]),
     )
     values.update(scale)
     return build_train_config(values, source=f"finetune {task} ({profile.name})")
 
 
+def count_classes(data: dict[str, Any]) -> int:
+    """Class folders of an ImageNet-style training set (the size of the linear head)."""
+    from tasks.finetune_data import resolve_root
+
+    from .train import resolve_data_root
+
+    folder = resolve_root(resolve_data_root(data), "imagenet").file("train")
+    classes = [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
+    if not classes:
+        raise FileNotFoundError(f"no class folders under {folder}: an ImageNet-style train/<class>/ layout is needed")
+    return len(classes)
+
+
 def ensure_finetune(task: str, recipe: str, profile: Profile, seed: int = 0, *,
-                    variant: dict[str, Any] | None = None, tracking_uri: str | None = None) -> FinetuneResult:
+                    variant: dict[str, Any] | None = None, model_variant: dict[str, Any] | None = None,
+                    tracking_uri: str | None = None) -> FinetuneResult:
     """Pretrain (or reuse), finetune (or reuse) and evaluate (or reuse the logged evaluation)."""
     parents = tuple(ensure_recipe(recipe, profile, seed, tracking_uri=tracking_uri)) if recipe != "none" else ()
-    cfg = finetune_config(task, recipe, profile, seed, variant)
+    cfg = finetune_config(task, recipe, profile, seed, variant, model_variant)
     record = ensure_run(cfg, parents[-1] if parents else None, tracking_uri=tracking_uri)
     wanted = EVAL_SPLITS[task]
     metrics = {k: v for k, v in record.metrics.items() if k.startswith("eval.")}
@@ -131,10 +150,9 @@ def evaluate_run(cfg: TrainConfig, record: RunRecord, splits: list[str], trackin
     return metrics
 
 
-def plan_finetunes(experiments: tuple[tuple[str, dict[str, Any] | None], ...], profile: Profile,
-                   seeds: int) -> list[tuple[str, str, int, TrainConfig]]:
+def plan_finetunes(experiments: tuple[tuple, ...], profile: Profile, seeds: int) -> list[tuple[str, str, int, TrainConfig]]:
     """Every (task, recipe, seed) finetune a table needs, with its config (for ``--dry-run``);
-    ``experiments`` are (task, variant) pairs."""
-    return [(task, recipe, seed, finetune_config(task, recipe, profile, seed, variant))
-            for task, variant in experiments for recipe in PRETRAINING_RECIPES for seed in range(seeds)]
+    ``experiments`` are (task, variant[, model_variant]) tuples."""
+    return [(spec[0], recipe, seed, finetune_config(spec[0], recipe, profile, seed, *spec[1:]))
+            for spec in experiments for recipe in PRETRAINING_RECIPES for seed in range(seeds)]
 

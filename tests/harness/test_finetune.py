@@ -92,3 +92,24 @@ def test_table10_on_smoke(sandbox, tmp_path):
     assert "| BEiT-3 finetuned directly, Table 10 (paper) | 82.7 | 96.0 | 98.2 | 65.1 |" in text
     assert text.count("(ran)") == 6  # 3 recipes x (COCO, Flickr30K); the pretraining runs are separate
     assert "chance (the world's baseline)" in text
+
+
+def test_imagenet_modes_and_the_head_size_from_the_class_folders(sandbox):
+    smoke = get_profile("smoke")
+    linear = finetune_config("imagenet", "vlmo", smoke, model_variant={"classifier": "linear"})
+    paper_mode = finetune_config("imagenet", "vlmo", smoke, model_variant={"classifier": "retrieval"})
+    assert linear.model_overrides["num_classes"] == 18  # the smoke world's class folders
+    assert "num_classes" not in paper_mode.model_overrides
+    assert paper_mode.run_name == "imagenet-retrieval-vlmo-smoke-seed0"
+    assert linear.layer_decay == official_recipe("imagenet")["layer_decay"]
+
+
+@pytest.mark.slow
+def test_table9_on_smoke(sandbox, tmp_path):
+    from harness.cli import main
+
+    assert main(["run", "table9", "--profile", "smoke", "--tracking-uri", sandbox,
+                 "--out", str(tmp_path / "reports"), "--results-dir", str(tmp_path / "results")]) == 0
+    text = (tmp_path / "reports" / "table9.md").read_text()
+    assert "| BEiT-3 (IN-21K, 336²) (paper) |  | 89.6 | – |  |" in text
+    assert text.count("| linear head |") == 3 and text.count("| class-name retrieval |") == 3
