@@ -27,6 +27,7 @@ EVAL_SPLITS: dict[str, tuple[str, ...]] = {
     "retrieval": ("test",),
     "imagenet": ("test",),
 }
+ITC_VARIANT = {"source": "pretraining_pairs"}
 # Pretraining-only or schedule settings of the pretraining model that the task model does not take over.
 NOT_ARCHITECTURE = ("num_visual_tokens", "init", "drop_path_rate")
 
@@ -34,6 +35,8 @@ NOT_ARCHITECTURE = ("num_visual_tokens", "init", "drop_path_rate")
 def official_recipe(task: str, variant: dict[str, Any] | None = None) -> dict[str, Any]:
     """The official base-size recipe of ``task`` (retrieval: of the ``variant``'s data set)."""
     module = tasks.task_module(task)
+    if task == "retrieval" and (variant or {}).get("source") == "pretraining_pairs":
+        return dict(module.ITC_RECIPE)
     if task == "retrieval":
         return dict(module.recipe("base", (variant or {}).get("dataset", "coco")))
     recipes = getattr(module, "RECIPES", None) or getattr(module, "CAPTIONING_RECIPES")
@@ -58,12 +61,14 @@ def _architecture(recipe: str, profile: Profile) -> tuple[str, dict[str, Any], s
 
 
 def finetune_config(task: str, recipe: str, profile: Profile, seed: int = 0,
-                    variant: dict[str, Any] | None = None, model_variant: dict[str, Any] | None = None) -> TrainConfig:
+                    variant: dict[str, Any] | None = None, model_variant: dict[str, Any] | None = None,
+                    after: TrainConfig | None = None) -> TrainConfig:
     """The finetune of ``task`` after pretraining ``recipe`` under ``profile`` (official values, scaled).
 
     ``variant`` holds data settings and ``model_variant`` model settings that make another experiment
     of the same task, e.g. ``{"dataset": "flickr30k"}`` for retrieval or ``{"classifier": "retrieval"}``
-    for ImageNet; their values name the run.
+    for ImageNet; their values name the run. ``after`` is a finetune of the same task this one
+    continues from (retrieval after the intermediate ITC stage): its weights load whole.
     """
     if recipe not in PRETRAINING_RECIPES:
         raise KeyError(f"unknown recipe {recipe!r}; known: {', '.join(PRETRAINING_RECIPES)}")
@@ -75,6 +80,11 @@ def finetune_config(task: str, recipe: str, profile: Profile, seed: int = 0,
     official = official_recipe(task, variant)
     scale = {**profile.finetune.get("common", {}), **profile.finetune.get(task, {})}
     model, architecture, parent_hash = _architecture(recipe, profile)
+    if after is not None:
+        if after.task != task:
+            raise ValueError(f"a {task} finetune can continue only from a {task} run, not from {after.task}")
+        model, parent_hash = after.model, train_config_hash(after)
+        architecture = {k: v for k, v in after.model_overrides.items() if k not in NOT_ARCHITECTURE}
     model_overrides = {**architecture, "drop_path_rate": official.get("drop_path", 0.1), **scale.pop("model_overrides", {}),
                        **(model_variant or {})}
     data = {"root": profile.pretrain["data"]["root"], **scale.pop("data", {}), **(variant or {})}
@@ -91,10 +101,10 @@ def finetune_config(task: str, recipe: str, profile: Profile, seed: int = 0,
         lr=official["lr"], min_lr=official.get("min_lr", 1e-6), layer_decay=official.get("layer_decay", 1.0),
         head_lr_scale=float(official.get("head_lr_weight") or 1.0), weight_decay=official.get("weight_decay", 0.05),
         betas=tuple(official.get("opt_betas", (0.9, 0.999))), eps=official.get("opt_eps", 1e-8),
-        clip_grad=float(official.get("clip_grad") or 0.0), init_drop=[] if recipe == "none" else drop,
+        clip_grad=float(official.get("clip_grad") or 0.0), init_drop=[] if recipe == "none" or after else drop,
         parent_config_hash=parent_hash, seed=seed, profile=profile.name, experiment=FINETUNE_EXPERIMENT,
         run_name="-".join([task, *map(str, {**(variant or {}), **(model_variant or {})}.values()), recipe,
-                           profile.name, f"seed{seed}"]),
+                           *(["after-itc"] if after is not None else []), profile.name, f"seed{seed}"]),
     )
     values.update(scale)
     return build_train_config(values, source=f"finetune {task} ({profile.name})")
@@ -115,10 +125,18 @@ def count_classes(data: dict[str, Any]) -> int:
 
 def ensure_finetune(task: str, recipe: str, profile: Profile, seed: int = 0, *,
                     variant: dict[str, Any] | None = None, model_variant: dict[str, Any] | None = None,
-                    tracking_uri: str | None = None) -> FinetuneResult:
-    """Pretrain (or reuse), finetune (or reuse) and evaluate (or reuse the logged evaluation)."""
+                    after_itc: bool = False, tracking_uri: str | None = None) -> FinetuneResult:
+    """Pretrain (or reuse), finetune (or reuse) and evaluate (or reuse the logged evaluation).
+
+    ``after_itc``: retrieval continues from the intermediate ITC stage (paper App. A), itself a run
+    descending from the pretraining recipe.
+    """
     parents = tuple(ensure_recipe(recipe, profile, seed, tracking_uri=tracking_uri)) if recipe != "none" else ()
-    cfg = finetune_config(task, recipe, profile, seed, variant, model_variant)
+    after = None
+    if after_itc:
+        after = itc_config(recipe, profile, seed)
+        parents += (ensure_run(after, parents[-1] if parents else None, tracking_uri=tracking_uri),)
+    cfg = finetune_config(task, recipe, profile, seed, variant, model_variant, after)
     record = ensure_run(cfg, parents[-1] if parents else None, tracking_uri=tracking_uri)
     wanted = EVAL_SPLITS[task]
     metrics = {k: v for k, v in record.metrics.items() if k.startswith("eval.")}
@@ -128,8 +146,30 @@ def ensure_finetune(task: str, recipe: str, profile: Profile, seed: int = 0, *,
     return FinetuneResult(task, recipe, record, metrics, parents)
 
 
-def evaluate_run(cfg: TrainConfig, record: RunRecord, splits: list[str], tracking_uri: str | None) -> dict[str, float]:
-    """Load the run's final weights, score ``splits`` with the task's official metric, log to the run."""
+def itc_config(recipe: str, profile: Profile, seed: int = 0) -> TrainConfig:
+    """The intermediate ITC stage (paper App. A): retrieval's contrastive loss on the pretraining pairs."""
+    return finetune_config("retrieval", recipe, profile, seed, variant=ITC_VARIANT)
+
+
+def zero_shot_retrieval(recipe: str, dataset: str, profile: Profile, seed: int = 0, *,
+                        tracking_uri: str | None = None) -> FinetuneResult:
+    """The ITC-stage model scored on ``dataset``'s test split without finetuning on it (Table 6);
+    logged into the ITC run as ``zeroshot.<dataset>.test.<metric>``."""
+    parents = tuple(ensure_recipe(recipe, profile, seed, tracking_uri=tracking_uri)) if recipe != "none" else ()
+    cfg = itc_config(recipe, profile, seed)
+    record = ensure_run(cfg, parents[-1] if parents else None, tracking_uri=tracking_uri)
+    prefix = f"zeroshot.{dataset}"
+    metrics = {k: v for k, v in record.metrics.items() if k.startswith(prefix + ".")}
+    if not metrics:
+        data = {**cfg.data, "source": "karpathy", "dataset": dataset}
+        metrics = evaluate_run(cfg, record, ["test"], tracking_uri, data=data, prefix=prefix)
+    return FinetuneResult("retrieval", recipe, record, metrics, parents)
+
+
+def evaluate_run(cfg: TrainConfig, record: RunRecord, splits: list[str], tracking_uri: str | None,
+                 data: dict[str, Any] | None = None, prefix: str = "eval") -> dict[str, float]:
+    """Load the run's final weights, score ``splits`` with the task's official metric (on ``data``,
+    by default the run's own data), log to the run as ``<prefix>.<split>.<metric>``."""
     from mlflow.tracking import MlflowClient
 
     from backbones import load_checkpoint
@@ -139,11 +179,11 @@ def evaluate_run(cfg: TrainConfig, record: RunRecord, splits: list[str], trackin
     model = tasks.build_model(cfg.task, cfg.model, **cfg.model_overrides)
     load_checkpoint(model, record.checkpoint)
     model.eval()
-    data = resolve_data_root(cfg.data)
+    data = resolve_data_root(data if data is not None else cfg.data)
     metrics: dict[str, float] = {}
     for split in splits:
         scores = tasks.task_module(cfg.task).evaluate(model, data, split=split)
-        metrics.update({f"eval.{split}.{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))})
+        metrics.update({f"{prefix}.{split}.{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))})
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
     for key, value in metrics.items():
         client.log_metric(record.run_id, key, value)

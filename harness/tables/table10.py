@@ -1,9 +1,10 @@
-"""Table 10: image-text retrieval finetuned without the intermediate ITC stage (paper App. A).
+"""Retrieval tables: 5 (finetuned after the intermediate ITC stage), 6 (zero-shot), 10 (no ITC stage).
 
-Each pretraining recipe of table3 (and a no-pretraining baseline) is finetuned for retrieval directly
-on COCO and on Flickr30K (Karpathy splits) with the official recipe (scaled by the profile), then
-evaluated by encoding every image and caption once: R@1/5/10 in both directions, images
-de-duplicated. The paper's rows (giant, real data) are printed beside ours, not differenced.
+From each pretraining recipe of table3 (and a no-pretraining baseline): table10 finetunes retrieval
+directly on COCO and Flickr30K (Karpathy splits); table5 first runs the paper's intermediate ITC stage
+on the pretraining pairs (App. A) and finetunes from it; table6 scores the ITC-stage model on
+Flickr30K without finetuning on it. Evaluation encodes every image and caption once: R@1/5/10 in both
+directions, images de-duplicated. The paper's rows (giant, real data) are printed beside ours.
 """
 from __future__ import annotations
 
@@ -11,7 +12,15 @@ from typing import Any, Mapping
 
 from harness import report
 from harness.experiments import RECIPES, recipe_configs
-from harness.finetune import PRETRAINING_RECIPES, ensure_finetune, plan_finetunes
+from harness.finetune import (
+    PRETRAINING_RECIPES,
+    FinetuneResult,
+    ensure_finetune,
+    finetune_config,
+    itc_config,
+    plan_finetunes,
+    zero_shot_retrieval,
+)
 from harness.profiles import Profile
 from harness.tables import Experiment, ResultRow, TableResult, TableSpec, register_table
 
@@ -21,28 +30,36 @@ RECIPE_TITLES = {"beit3": "BEiT-3 MDM pretraining", "vlmo": "VLMo staged pretrai
 CHANCE_TITLE = "chance (the world's baseline)"
 
 
+def _experiments(configs, profile: Profile) -> list[Experiment]:
+    return [Experiment(name=c.run_name, task=c.task, profile=profile.name, seed=c.seed, config=c.semantic_dict())
+            for c in configs]
+
+
 @register_table("table10")
 class Table10(TableSpec):
+    """Retrieval finetuned directly from each pretraining recipe (no intermediate ITC stage)."""
+
+    datasets = DATASETS
+    intro = "Retrieval finetuned directly from each pretraining recipe (no intermediate ITC stage)"
+
     def plan(self, profile: Profile, seeds: int) -> list[Experiment]:
-        experiments = [
-            Experiment(name=cfg.run_name, task=cfg.task, profile=profile.name, seed=seed, config=cfg.semantic_dict())
-            for recipe in RECIPES for seed in range(seeds) for cfg in recipe_configs(recipe, profile, seed)
-        ]
-        pairs = tuple(("retrieval", {"dataset": dataset}) for dataset in DATASETS)
-        return experiments + [
-            Experiment(name=cfg.run_name, task=task, profile=profile.name, seed=seed, config=cfg.semantic_dict())
-            for task, _recipe, seed, cfg in plan_finetunes(pairs, profile, seeds)
-        ]
+        pretraining = [c for recipe in RECIPES for seed in range(seeds) for c in recipe_configs(recipe, profile, seed)]
+        pairs = tuple(("retrieval", {"dataset": dataset}) for dataset in self.datasets)
+        return _experiments(pretraining + [c for *_, c in plan_finetunes(pairs, profile, seeds)], profile)
+
+    def measure(self, recipe: str, dataset: str, profile: Profile, seed: int) -> tuple[FinetuneResult, str]:
+        """The run behind one row and the prefix of its metrics."""
+        return ensure_finetune("retrieval", recipe, profile, seed, variant={"dataset": dataset}), "eval.test"
 
     def run(self, profile: Profile, seeds: int) -> TableResult:
         rows, annotations = [], {}
         for recipe in PRETRAINING_RECIPES:
             for seed in range(seeds):
-                for dataset in DATASETS:
-                    result = ensure_finetune("retrieval", recipe, profile, seed, variant={"dataset": dataset})
+                for dataset in self.datasets:
+                    result, prefix = self.measure(recipe, dataset, profile, seed)
                     annotations[f"{recipe}.seed{seed}.{dataset}"] = f"`{result.run.run_id[:8]}` ({result.run.status})"
                     for recall in RECALLS:
-                        value = result.metrics[f"eval.test.{recall}"]
+                        value = result.metrics[f"{prefix}.{recall}"]
                         rows.append(ResultRow(recipe, f"seed{seed}.{dataset}.{recall}", recall, float(value)))
         rows += chance_rows(profile)
         groups = {**{r: RECIPE_TITLES[r] for r in PRETRAINING_RECIPES}, "chance": CHANCE_TITLE}
@@ -53,11 +70,11 @@ class Table10(TableSpec):
         for row in result.rows:
             _seed, key = row.component.split(".", 1)
             values.setdefault((row.group, key), []).append(row.value)
-        headers = ["model / pretraining", *paper.get("columns", []), "finetune runs"]
+        headers = ["model / pretraining", *paper.get("columns", []), "MLflow runs"]
         body = [[m["model"] + " (paper)", *[f"{v:.1f}" for v in m["values"]], ""] for m in paper.get("models", [])]
         for group in (*PRETRAINING_RECIPES, "chance"):
             cells = []
-            for dataset in DATASETS:
+            for dataset in self.datasets:
                 for recall in RECALLS:
                     found = values.get((group, f"{dataset}.{recall}"))
                     if not found:
@@ -70,13 +87,46 @@ class Table10(TableSpec):
                 if any(cell != "–" for cell in cells):
                     body.append([CHANCE_TITLE, *cells, "world.json"])
                 continue
-            runs = "; ".join(f"{d}: {result.annotations.get(f'{group}.seed0.{d}', '–')}" for d in DATASETS)
+            runs = "; ".join(f"{d}: {result.annotations.get(f'{group}.seed0.{d}', '–')}" for d in self.datasets)
             body.append([f"ours, {RECIPE_TITLES[group]}", *cells, runs])
-        lines = [f"# Table 10: {self.title}", "",
-                 "Retrieval finetuned directly from each pretraining recipe (no intermediate ITC stage); "
-                 "mean ± half-range over seeds.", ""]
+        lines = [f"# Table {self.name.removeprefix('table')}: {self.title}", "",
+                 f"{self.intro}; mean ± half-range over seeds.", ""]
         lines += report.markdown_table(headers, body).splitlines()
         return "\n".join(lines + ["", paper.get("notes", ""), ""])
+
+
+@register_table("table5")
+class Table5(Table10):
+    """Retrieval finetuned after the paper's intermediate ITC stage on the pretraining pairs."""
+
+    intro = "Retrieval finetuned after the intermediate ITC stage (pretraining pairs, paper App. A)"
+
+    def plan(self, profile: Profile, seeds: int) -> list[Experiment]:
+        pretraining = [c for recipe in RECIPES for seed in range(seeds) for c in recipe_configs(recipe, profile, seed)]
+        itc = [itc_config(r, profile, s) for r in PRETRAINING_RECIPES for s in range(seeds)]
+        finetunes = [finetune_config("retrieval", r, profile, s, {"dataset": d}, None, itc_config(r, profile, s))
+                     for r in PRETRAINING_RECIPES for s in range(seeds) for d in self.datasets]
+        return _experiments(pretraining + itc + finetunes, profile)
+
+    def measure(self, recipe: str, dataset: str, profile: Profile, seed: int) -> tuple[FinetuneResult, str]:
+        result = ensure_finetune("retrieval", recipe, profile, seed, variant={"dataset": dataset}, after_itc=True)
+        return result, "eval.test"
+
+
+@register_table("table6")
+class Table6(Table10):
+    """Zero-shot Flickr30K retrieval of the ITC-stage model (no finetuning on Flickr30K)."""
+
+    datasets = ("flickr30k",)
+    intro = "Zero-shot: the ITC-stage model of each recipe, scored on Flickr30K without finetuning on it"
+
+    def plan(self, profile: Profile, seeds: int) -> list[Experiment]:
+        pretraining = [c for recipe in RECIPES for seed in range(seeds) for c in recipe_configs(recipe, profile, seed)]
+        return _experiments(pretraining + [itc_config(r, profile, s) for r in PRETRAINING_RECIPES
+                                           for s in range(seeds)], profile)
+
+    def measure(self, recipe: str, dataset: str, profile: Profile, seed: int) -> tuple[FinetuneResult, str]:
+        return zero_shot_retrieval(recipe, dataset, profile, seed), f"zeroshot.{dataset}.test"
 
 
 def chance_rows(profile: Profile) -> list[ResultRow]:

@@ -2,8 +2,9 @@
 import pytest
 from mlflow.tracking import MlflowClient
 
+from harness.config import train_config_hash
 from harness.experiments import recipe_configs
-from harness.finetune import ensure_finetune, finetune_config, official_recipe
+from harness.finetune import ensure_finetune, finetune_config, itc_config, official_recipe, zero_shot_retrieval
 from harness.profiles import get_profile
 
 
@@ -113,3 +114,29 @@ def test_table9_on_smoke(sandbox, tmp_path):
     text = (tmp_path / "reports" / "table9.md").read_text()
     assert "| BEiT-3 (IN-21K, 336²) (paper) |  | 89.6 | – |  |" in text
     assert text.count("| linear head |") == 3 and text.count("| class-name retrieval |") == 3
+
+
+def test_itc_stage_config_and_the_finetune_after_it(sandbox):
+    smoke = get_profile("smoke")
+    itc = itc_config("vlmo", smoke)
+    assert itc.data["source"] == "pretraining_pairs" and itc.layer_decay == 0.95  # paper App. A
+    assert itc.parent_config_hash == train_config_hash(recipe_configs("vlmo", smoke)[-1])
+    after = finetune_config("retrieval", "vlmo", smoke, variant={"dataset": "coco"}, after=itc)
+    assert after.init_drop == []  # the ITC model is a retrieval model: it loads whole
+    assert after.run_name == "retrieval-coco-vlmo-after-itc-smoke-seed0"
+    with pytest.raises(ValueError, match="continue only from a nlvr2 run"):
+        finetune_config("nlvr2", "vlmo", smoke, after=itc)
+
+
+@pytest.mark.slow
+def test_pretraining_itc_retrieval_lineage_and_zero_shot(sandbox):
+    smoke = get_profile("smoke")
+    result = ensure_finetune("retrieval", "beit3", smoke, variant={"dataset": "flickr30k"}, after_itc=True)
+    pretrain, itc = result.parents
+    client = MlflowClient(sandbox)
+    assert client.get_run(itc.run_id).data.tags["parent_run_id"] == pretrain.run_id
+    assert client.get_run(result.run.run_id).data.tags["parent_run_id"] == itc.run_id
+    zero = zero_shot_retrieval("beit3", "flickr30k", smoke)
+    assert zero.run.run_id == itc.run_id and zero.run.status == "reused"
+    assert {"zeroshot.flickr30k.test.tr_r1", "zeroshot.flickr30k.test.ir_r1"} <= set(zero.metrics)
+    assert client.get_run(itc.run_id).data.metrics["zeroshot.flickr30k.test.ir_r1"] == zero.metrics["zeroshot.flickr30k.test.ir_r1"]
