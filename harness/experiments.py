@@ -79,6 +79,11 @@ def recipe_configs(recipe: str, profile: Profile, seed: int = 0) -> list[TrainCo
     return configs
 
 
+def pretraining_configs(profile: Profile, seeds: int) -> list[TrainConfig]:
+    """Every pretraining run of every recipe and seed (what tables built on table3 plan first)."""
+    return [cfg for recipe in RECIPES for seed in range(seeds) for cfg in recipe_configs(recipe, profile, seed)]
+
+
 def derive(cfg: TrainConfig, parent: RunRecord | None) -> TrainConfig:
     """``cfg`` started from ``parent``'s weights, carrying its run id and config hash."""
     if parent is None:

@@ -74,6 +74,12 @@ class Experiment:
         return tracking.config_hash(self.config)
 
 
+def experiments_of(configs: Sequence[Any], profile: Profile) -> list[Experiment]:
+    """Plan entries for training configs (``harness.config.TrainConfig``): name, task, seed, semantic config."""
+    return [Experiment(name=c.run_name, task=c.task, profile=profile.name, seed=c.seed, config=c.semantic_dict())
+            for c in configs]
+
+
 @dataclass(frozen=True)
 class ResultRow:
     """One measured number: ``value`` of ``component`` in row group ``group``."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from harness import report
-from harness.experiments import RECIPES, recipe_configs
+from harness.experiments import pretraining_configs
 from harness.finetune import (
     PRETRAINING_RECIPES,
     FinetuneResult,
@@ -22,17 +22,12 @@ from harness.finetune import (
     zero_shot_retrieval,
 )
 from harness.profiles import Profile
-from harness.tables import Experiment, ResultRow, TableResult, TableSpec, register_table
+from harness.tables import Experiment, ResultRow, TableResult, TableSpec, experiments_of, register_table
 
 DATASETS = ("coco", "flickr30k")
 RECALLS = ("tr_r1", "tr_r5", "tr_r10", "ir_r1", "ir_r5", "ir_r10")  # I→T (text retrieval), then T→I
 RECIPE_TITLES = {"beit3": "BEiT-3 MDM pretraining", "vlmo": "VLMo staged pretraining", "none": "no pretraining"}
 CHANCE_TITLE = "chance (the world's baseline)"
-
-
-def _experiments(configs, profile: Profile) -> list[Experiment]:
-    return [Experiment(name=c.run_name, task=c.task, profile=profile.name, seed=c.seed, config=c.semantic_dict())
-            for c in configs]
 
 
 @register_table("table10")
@@ -43,9 +38,9 @@ class Table10(TableSpec):
     intro = "Retrieval finetuned directly from each pretraining recipe (no intermediate ITC stage)"
 
     def plan(self, profile: Profile, seeds: int) -> list[Experiment]:
-        pretraining = [c for recipe in RECIPES for seed in range(seeds) for c in recipe_configs(recipe, profile, seed)]
+        pretraining = pretraining_configs(profile, seeds)
         pairs = tuple(("retrieval", {"dataset": dataset}) for dataset in self.datasets)
-        return _experiments(pretraining + [c for *_, c in plan_finetunes(pairs, profile, seeds)], profile)
+        return experiments_of(pretraining + [c for *_, c in plan_finetunes(pairs, profile, seeds)], profile)
 
     def measure(self, recipe: str, dataset: str, profile: Profile, seed: int) -> tuple[FinetuneResult, str]:
         """The run behind one row and the prefix of its metrics."""
@@ -102,11 +97,11 @@ class Table5(Table10):
     intro = "Retrieval finetuned after the intermediate ITC stage (pretraining pairs, paper App. A)"
 
     def plan(self, profile: Profile, seeds: int) -> list[Experiment]:
-        pretraining = [c for recipe in RECIPES for seed in range(seeds) for c in recipe_configs(recipe, profile, seed)]
+        pretraining = pretraining_configs(profile, seeds)
         itc = [itc_config(r, profile, s) for r in PRETRAINING_RECIPES for s in range(seeds)]
         finetunes = [finetune_config("retrieval", r, profile, s, {"dataset": d}, None, itc_config(r, profile, s))
                      for r in PRETRAINING_RECIPES for s in range(seeds) for d in self.datasets]
-        return _experiments(pretraining + itc + finetunes, profile)
+        return experiments_of(pretraining + itc + finetunes, profile)
 
     def measure(self, recipe: str, dataset: str, profile: Profile, seed: int) -> tuple[FinetuneResult, str]:
         result = ensure_finetune("retrieval", recipe, profile, seed, variant={"dataset": dataset}, after_itc=True)
@@ -121,8 +116,8 @@ class Table6(Table10):
     intro = "Zero-shot: the ITC-stage model of each recipe, scored on Flickr30K without finetuning on it"
 
     def plan(self, profile: Profile, seeds: int) -> list[Experiment]:
-        pretraining = [c for recipe in RECIPES for seed in range(seeds) for c in recipe_configs(recipe, profile, seed)]
-        return _experiments(pretraining + [itc_config(r, profile, s) for r in PRETRAINING_RECIPES
+        pretraining = pretraining_configs(profile, seeds)
+        return experiments_of(pretraining + [itc_config(r, profile, s) for r in PRETRAINING_RECIPES
                                            for s in range(seeds)], profile)
 
     def measure(self, recipe: str, dataset: str, profile: Profile, seed: int) -> tuple[FinetuneResult, str]:

@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from harness import report
-from harness.experiments import RECIPES, RunRecord, ensure_recipe, recipe_configs
+from harness.experiments import RECIPES, RunRecord, ensure_recipe, pretraining_configs
 from harness.profiles import Profile
-from harness.tables import Experiment, ResultRow, TableResult, TableSpec, register_table
+from harness.tables import Experiment, ResultRow, TableResult, TableSpec, experiments_of, register_table
 
 RECIPE_TITLES = {"beit3": "BEiT-3 masked data modeling", "vlmo": "VLMo staged (image → text → image-text)"}
 COUNTS = ("images", "texts", "pairs", "text_tokens", "pair_text_tokens")
@@ -26,10 +26,7 @@ def _sum(records: list[RunRecord], key: str) -> float:
 @register_table("table3")
 class Table3(TableSpec):
     def plan(self, profile: Profile, seeds: int) -> list[Experiment]:
-        return [
-            Experiment(name=cfg.run_name, task=cfg.task, profile=profile.name, seed=seed, config=cfg.semantic_dict())
-            for recipe in RECIPES for seed in range(seeds) for cfg in recipe_configs(recipe, profile, seed)
-        ]
+        return experiments_of(pretraining_configs(profile, seeds), profile)
 
     def run(self, profile: Profile, seeds: int) -> TableResult:
         rows: list[ResultRow] = []

@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from harness import report
-from harness.experiments import RECIPES, recipe_configs
+from harness.experiments import pretraining_configs
 from harness.finetune import PRETRAINING_RECIPES, ensure_finetune, plan_finetunes
 from harness.profiles import Profile
-from harness.tables import Experiment, ResultRow, TableResult, TableSpec, register_table
+from harness.tables import Experiment, ResultRow, TableResult, TableSpec, experiments_of, register_table
 
 TASKS = ("vqav2", "nlvr2", "captioning")
 RECIPE_TITLES = {"beit3": "BEiT-3 MDM pretraining", "vlmo": "VLMo staged pretraining", "none": "no pretraining"}
@@ -56,15 +56,8 @@ def prior_rows(profile: Profile) -> list[ResultRow]:
 @register_table("table4")
 class Table4(TableSpec):
     def plan(self, profile: Profile, seeds: int) -> list[Experiment]:
-        experiments = [
-            Experiment(name=cfg.run_name, task=cfg.task, profile=profile.name, seed=seed, config=cfg.semantic_dict())
-            for recipe in RECIPES for seed in range(seeds) for cfg in recipe_configs(recipe, profile, seed)
-        ]
-        experiments += [
-            Experiment(name=cfg.run_name, task=task, profile=profile.name, seed=seed, config=cfg.semantic_dict())
-            for task, _recipe, seed, cfg in plan_finetunes(tuple((task, None) for task in TASKS), profile, seeds)
-        ]
-        return experiments
+        finetunes = [cfg for *_, cfg in plan_finetunes(tuple((task, None) for task in TASKS), profile, seeds)]
+        return experiments_of(pretraining_configs(profile, seeds) + finetunes, profile)
 
     def run(self, profile: Profile, seeds: int) -> TableResult:
         rows, annotations = [], {}

@@ -52,12 +52,14 @@ def experiment_config(profile: Profile, source: dense.PretrainedSource, head: st
     }
 
 
-def plan_experiments(table: str, profile: Profile, seeds: int,
-                     sources: Sequence[dense.PretrainedSource]) -> list[Experiment]:
+def plan_experiments(table: str, profile: Profile, seeds: int, sources: Sequence[dense.PretrainedSource],
+                     task: str = TASK, heads: Sequence[str] = HEADS, config_of=None) -> list[Experiment]:
+    """One experiment per (pretrained source, head, seed) of a dense table (table7's by default)."""
+    config_of = config_of or experiment_config
     return [
-        Experiment(f"{table}/{source.name}/{head}/seed{seed}", TASK, profile.name, seed,
-                   experiment_config(profile, source, head, seed))
-        for source in sources for head in HEADS for seed in range(seeds)
+        Experiment(f"{table}/{source.name}/{head}/seed{seed}", task, profile.name, seed,
+                   config_of(profile, source, head, seed))
+        for source in sources for head in heads for seed in range(seeds)
     ]
 
 

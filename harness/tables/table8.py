@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 from harness import dense
 from harness.profiles import Profile
 from harness.tables import Experiment, ResultRow, TableResult, TableSpec, register_table
+from harness.tables import table7
 from harness.tables.table7 import render_dense_table
 
 TASK = "ade20k_semantic_segmentation"
@@ -48,11 +49,7 @@ def experiment_config(profile: Profile, source: dense.PretrainedSource, head: st
 
 def plan_experiments(table: str, profile: Profile, seeds: int,
                      sources: Sequence[dense.PretrainedSource]) -> list[Experiment]:
-    return [
-        Experiment(f"{table}/{source.name}/{head}/seed{seed}", TASK, profile.name, seed,
-                   experiment_config(profile, source, head, seed))
-        for source in sources for head in HEADS for seed in range(seeds)
-    ]
+    return table7.plan_experiments(table, profile, seeds, sources, TASK, HEADS, experiment_config)
 
 
 def measure(table: str, profile: Profile, seeds: int, sources: Sequence[dense.PretrainedSource],

@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from harness import report
-from harness.experiments import RECIPES, recipe_configs
+from harness.experiments import pretraining_configs
 from harness.finetune import PRETRAINING_RECIPES, ensure_finetune, plan_finetunes
 from harness.profiles import Profile
-from harness.tables import Experiment, ResultRow, TableResult, TableSpec, register_table
+from harness.tables import Experiment, ResultRow, TableResult, TableSpec, experiments_of, register_table
 
 CLASSIFIERS = {"linear": "linear head", "retrieval": "class-name retrieval"}
 RECIPE_TITLES = {"beit3": "BEiT-3 MDM pretraining", "vlmo": "VLMo staged pretraining", "none": "no pretraining"}
@@ -23,15 +23,9 @@ MAJORITY_TITLE = "majority class (the world's baseline)"
 @register_table("table9")
 class Table9(TableSpec):
     def plan(self, profile: Profile, seeds: int) -> list[Experiment]:
-        experiments = [
-            Experiment(name=cfg.run_name, task=cfg.task, profile=profile.name, seed=seed, config=cfg.semantic_dict())
-            for recipe in RECIPES for seed in range(seeds) for cfg in recipe_configs(recipe, profile, seed)
-        ]
         specs = tuple(("imagenet", None, {"classifier": mode}) for mode in CLASSIFIERS)
-        return experiments + [
-            Experiment(name=cfg.run_name, task=task, profile=profile.name, seed=seed, config=cfg.semantic_dict())
-            for task, _recipe, seed, cfg in plan_finetunes(specs, profile, seeds)
-        ]
+        finetunes = [cfg for *_, cfg in plan_finetunes(specs, profile, seeds)]
+        return experiments_of(pretraining_configs(profile, seeds) + finetunes, profile)
 
     def run(self, profile: Profile, seeds: int) -> TableResult:
         rows, annotations = [], {}
