@@ -8,9 +8,9 @@ from timm.data.transforms import RandomResizedCropAndInterpolation
 from torchvision.transforms import v2
 
 import tasks
-from backbones.tokenizers import TextTokenizer
 from tasks import captioning
 from tasks.metrics.classification import EmptySplitError
+from finetune_helpers import tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +19,7 @@ def config(world):
 
 
 def tiny(world, **overrides):
-    tokenizer = TextTokenizer(world / "spm" / "world.model")
-    torch.manual_seed(0)
-    return tasks.build_model("captioning", "beit3_tiny_patch16_224", img_size=32, patch_size=16, embed_dim=32, depth=2,
-                             num_heads=2, **{"vocab_size": tokenizer.vocab_size, **overrides})
+    return tiny_model(world, "captioning", **overrides)
 
 
 def test_masked_batches_count_optimizer_steps_and_the_loss_falls(world, config):

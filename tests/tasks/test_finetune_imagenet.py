@@ -8,9 +8,9 @@ from timm.data.random_erasing import RandomErasing
 from torchvision.transforms import v2
 
 import tasks
-from backbones.tokenizers import TextTokenizer
 from tasks import imagenet
 from tasks.metrics.classification import EmptySplitError
+from finetune_helpers import tiny_model, train_steps
 
 NUM_CLASSES = 18  # the smoke world's shape x colour classes
 
@@ -21,23 +21,7 @@ def config(world):
 
 
 def tiny(world, **overrides):
-    tokenizer = TextTokenizer(world / "spm" / "world.model")
-    torch.manual_seed(0)
-    return tasks.build_model("imagenet", "beit3_tiny_patch16_224", img_size=32, patch_size=16, embed_dim=32, depth=2,
-                             num_heads=2, **{"vocab_size": tokenizer.vocab_size, **overrides})
-
-
-def train_steps(model, batch, steps):
-    step = tasks.training_step("imagenet")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    losses = []
-    for _ in range(steps):
-        out = step(model, batch)
-        optimizer.zero_grad()
-        out["loss"].backward()
-        optimizer.step()
-        losses.append(out["loss"].item())
-    return losses
+    return tiny_model(world, "imagenet", **overrides)
 
 
 # Seed 0's first batches draw timm's PosterizeIncreasing at magnitude 10, i.e. Pillow 13's posterize(bits=0),
@@ -58,7 +42,7 @@ def test_linear_head_with_mixup_cutmix_trains_and_resumes(world, config):
     for want in batches[1:]:
         got = resumed.next_batch()
         assert torch.equal(want["image"], got["image"]) and torch.equal(want["target"], got["target"])
-    losses = train_steps(model, batch, 6)
+    losses = train_steps("imagenet", model, batch, 6)[0]
     assert losses[-1] < losses[0]
 
 
@@ -75,7 +59,7 @@ def test_retrieval_classifier_trains_on_class_names_and_evaluates(world, config)
     model = tiny(world, classifier="retrieval")
     batch = tasks.build_data("imagenet", {**config, "templates": ["a {}", "{}"]}, model=model, seed=SEED).next_batch()
     assert batch["class_text"].shape[0] == 2 * NUM_CLASSES and batch["num_templates"] == 2
-    losses = train_steps(model, batch, 4)
+    losses = train_steps("imagenet", model, batch, 4)[0]
     assert all(torch.isfinite(torch.tensor(losses)))
     metrics = imagenet.evaluate(model, config, split="test", batch_size=8)
     assert model.class_embeddings.shape[0] == NUM_CLASSES

@@ -5,9 +5,9 @@ from timm.data.transforms import RandomResizedCropAndInterpolation
 from torchvision.transforms import v2
 
 import tasks
-from backbones.tokenizers import TextTokenizer
 from tasks import nlvr2
 from tasks.metrics.classification import EmptySplitError
+from finetune_helpers import tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -16,10 +16,7 @@ def config(world):
 
 
 def tiny(world, **overrides):
-    tokenizer = TextTokenizer(world / "spm" / "world.model")
-    torch.manual_seed(0)
-    return tasks.build_model("nlvr2", "beit3_tiny_patch16_224", img_size=32, patch_size=16, embed_dim=32, depth=2,
-                             num_heads=2, **{"vocab_size": tokenizer.vocab_size, **overrides})
+    return tiny_model(world, "nlvr2", **overrides)
 
 
 def test_training_batches_have_the_official_keys_and_the_loss_is_finite(world, config):

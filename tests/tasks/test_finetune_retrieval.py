@@ -9,9 +9,9 @@ from timm.data.transforms import RandomResizedCropAndInterpolation
 from torchvision.transforms import v2
 
 import tasks
-from backbones.tokenizers import TextTokenizer
 from tasks import retrieval
 from tasks.metrics.classification import EmptySplitError
+from finetune_helpers import tiny_model, train_steps
 
 RECALL_KEYS = {"tr_r1", "tr_r5", "tr_r10", "ir_r1", "ir_r5", "ir_r10", "average_score"}
 
@@ -22,23 +22,7 @@ def config(world):
 
 
 def tiny(world, **overrides):
-    tokenizer = TextTokenizer(world / "spm" / "world.model")
-    torch.manual_seed(0)
-    return tasks.build_model("retrieval", "beit3_tiny_patch16_224", img_size=32, patch_size=16, embed_dim=32, depth=2,
-                             num_heads=2, **{"vocab_size": tokenizer.vocab_size, **overrides})
-
-
-def train_steps(model, batch, steps):
-    step = tasks.training_step("retrieval")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    losses = []
-    for _ in range(steps):
-        out = step(model, batch)
-        optimizer.zero_grad()
-        out["loss"].backward()
-        optimizer.step()
-        losses.append(out["loss"].item())
-    return losses, out
+    return tiny_model(world, "retrieval", **overrides)
 
 
 def test_karpathy_batches_and_the_step_returns_the_clip_loss(world, config):
@@ -58,7 +42,7 @@ def test_karpathy_batches_and_the_step_returns_the_clip_loss(world, config):
     for name in ("vision_head.weight", "language_head.weight", "logit_scale"):
         assert dict(model.named_parameters())[name].grad.abs().sum() > 0, name
     assert {"i2t_acc", "t2i_acc"} <= out.keys() and out["logit_scale"].item() == pytest.approx(1 / 0.07)
-    losses, _ = train_steps(model, batch, 3)
+    losses, _ = train_steps("retrieval", model, batch, 3)
     assert all(torch.isfinite(torch.tensor(losses)))
 
 
@@ -75,7 +59,7 @@ def test_itc_stage_streams_pretraining_pairs_and_resumes_mid_epoch(world, config
     resumed.load_state_dict(data.state_dict())
     got = resumed.next_batch()
     assert all(torch.equal(expected[5][k], got[k]) for k in got)
-    losses, _ = train_steps(model, expected[0], 2)
+    losses, _ = train_steps("retrieval", model, expected[0], 2)
     assert all(torch.isfinite(torch.tensor(losses)))
     recipe = retrieval.ITC_RECIPE
     assert (recipe["epochs"], recipe["lr"], recipe["layer_decay"], recipe["drop_path"], recipe["img_size"]) == \

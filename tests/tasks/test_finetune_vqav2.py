@@ -7,10 +7,10 @@ from timm.data.transforms import RandomResizedCropAndInterpolation
 from torchvision.transforms import v2
 
 import tasks
-from backbones.tokenizers import TextTokenizer
 from tasks import vqav2
 from tasks.data.images import DataError
 from tasks.metrics.classification import EmptySplitError
+from finetune_helpers import tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +24,7 @@ def vocab(config):
 
 
 def tiny(world, num_classes, **overrides):
-    tokenizer = TextTokenizer(world / "spm" / "world.model")
-    torch.manual_seed(0)
-    return tasks.build_model("vqav2", "beit3_tiny_patch16_224", img_size=32, patch_size=16, embed_dim=32, depth=2,
-                             num_heads=2, vocab_size=tokenizer.vocab_size, num_classes=num_classes, **overrides)
+    return tiny_model(world, "vqav2", num_classes=num_classes, **overrides)
 
 
 def test_training_batches_have_the_official_keys_and_the_loss_falls(world, config, vocab):
