@@ -18,9 +18,11 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from harness.experiments import RECIPE_NAMES, check_recipe
 from harness.profiles import PROFILES, Profile, UnknownNameError, get_profile, list_profiles
 from harness.tables import (
     CAPTIONS,
+    RunOptions,
     TableNotImplementedError,
     TableSpec,
     get_table,
@@ -62,10 +64,29 @@ def _list_profiles() -> list[str]:
     return [f"{name:<{width}}  {PROFILES[name].description}" for name in list_profiles()]
 
 
+def _list_tasks() -> list[str]:
+    import tasks
+
+    def summary(name: str) -> str:
+        line = (tasks.task_module(name).__doc__ or "").strip().splitlines()[0]
+        return line.rsplit(" (", 1)[0] if line.count("(") > line.count(")") else line  # a cut-off aside
+
+    return [f"{name:<16}  {summary(name)}" for name in tasks.list_tasks()]
+
+
+def _list_recipes() -> list[str]:
+    from harness.experiments import RECIPES
+
+    lines = [f"{name:<6}  pretraining: {' -> '.join(configs)}" for name, configs in RECIPES.items()]
+    return lines + [f"{'none':<6}  no pretraining (finetunes start from a random init)"]
+
+
 _LISTERS: dict[str, Callable[[], list[str]]] = {
     "tables": _list_tables,
+    "tasks": _list_tasks,
     "models": _list_models,
     "profiles": _list_profiles,
+    "recipes": _list_recipes,
 }
 
 
@@ -80,10 +101,10 @@ def _resolve_tables(names: Sequence[str]) -> list[TableSpec]:
     return [get_table(name) for name in dict.fromkeys(names)]
 
 
-def _print_plan(specs: Sequence[TableSpec], profile: Profile, seeds: int, args: argparse.Namespace) -> None:
+def _print_plan(specs: Sequence[TableSpec], profile: Profile, options: RunOptions, args: argparse.Namespace) -> None:
     for spec in specs:
-        plan = spec.plan(profile, seeds)
-        config = table_config(spec, profile, seeds)
+        plan = spec.plan(profile, options)
+        config = table_config(spec, profile, options)
         print(f"{spec.name}: {spec.title}")
         print(f"  profile {profile.name}, {len(plan)} experiment(s), table config {config_hash(config)[:12]}")
         for exp in plan:
@@ -93,21 +114,31 @@ def _print_plan(specs: Sequence[TableSpec], profile: Profile, seeds: int, args: 
         print(f"  would write {report} and {csv}")
 
 
+def run_options(args: argparse.Namespace, profile: Profile) -> RunOptions:
+    """``--seeds``, ``--recipes``, ``--nproc`` checked and combined with the profile's defaults."""
+    seeds = profile.default_seeds if args.seeds is None else args.seeds
+    recipes = tuple(r.strip() for r in args.recipes.split(",") if r.strip()) if args.recipes else RECIPE_NAMES
+    for recipe in recipes:
+        check_recipe(recipe)  # an unknown name lists the known ones (UnknownNameError)
+    try:
+        return RunOptions(seeds=seeds, recipes=recipes, nproc=args.nproc)
+    except ValueError as err:
+        raise UsageError(f"--{err}") from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     profile = get_profile(args.profile)
     specs = _resolve_tables(args.tables)
-    seeds = profile.default_seeds if args.seeds is None else args.seeds
-    if seeds < 1:
-        raise UsageError(f"--seeds must be at least 1, got {seeds}")
+    options = run_options(args, profile)
     if args.dry_run:
-        _print_plan(specs, profile, seeds, args)
+        _print_plan(specs, profile, options, args)
         return 0
 
     uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking_uri(uri)  # before any work: a bad store must not cost a training run
     for spec in specs:
         outputs = run_table(
-            spec, profile, seeds, out_dir=args.out, results_dir=args.results_dir, tracking_uri=uri
+            spec, profile, options, out_dir=args.out, results_dir=args.results_dir, tracking_uri=uri
         )
         print(outputs.markdown)
         print(
@@ -152,9 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_list = sub.add_parser(
         "list",
-        help="list tables, models or profiles",
+        help="list tables, tasks, models, profiles or recipes",
         description="List the paper's tables (and which ones the harness can regenerate), the "
-        "registered models, or the run profiles.",
+        "tasks, the registered models, the run profiles, or the pretraining recipes.",
         formatter_class=formatter,
         epilog=_examples("harness list", "harness list models", "harness list profiles"),
     )
@@ -172,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
             "harness run table2",
             "harness run table2 --profile mini --tracking-uri sqlite:///$PWD/mlflow.db",
             "harness run table2 --dry-run",
+            "harness run table4 --profile mini --seeds 3 --recipes beit3,none",
+            "harness run table4 --profile mini --nproc 2   # each training run under torchrun",
         ),
     )
     p_run.add_argument("tables", nargs="+", metavar="TABLE", help="table names, e.g. table2 (see `harness list`)")
@@ -179,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile", default="smoke", help=f"run profile: {', '.join(list_profiles())} (default: smoke)"
     )
     p_run.add_argument("--seeds", type=int, default=None, help="seeds per experiment (default: the profile's)")
+    p_run.add_argument("--recipes", default=None, metavar="R1,R2",
+                       help=f"what finetunes start from, comma-separated: {', '.join(RECIPE_NAMES)} "
+                       "(none = random init; default: all)")
+    p_run.add_argument("--nproc", type=int, default=1,
+                       help="processes per training run; > 1 launches each under torchrun (default: 1)")
     p_run.add_argument("--dry-run", action="store_true", help="print the experiments the tables need and stop")
     p_run.add_argument(
         "--tracking-uri",

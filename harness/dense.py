@@ -102,9 +102,12 @@ def register_pretrained_source(name: str, factory: SourceFactory) -> SourceFacto
     return factory
 
 
-def pretrained_sources(profile: Profile) -> list[PretrainedSource]:
-    """The registered sources for ``profile``, the reference source first."""
-    sources = [factory(profile) for factory in _SOURCES.values()]
+def pretrained_sources(profile: Profile, names: Sequence[str] | None = None) -> list[PretrainedSource]:
+    """The registered sources (all, or those called ``names``) for ``profile``, the reference source first."""
+    unknown = [n for n in names or () if n not in _SOURCES]
+    if unknown:
+        raise KeyError(f"no pretrained source {unknown[0]!r}; registered: {', '.join(_SOURCES)}")
+    sources = [factory(profile) for name, factory in _SOURCES.items() if names is None or name in names]
     return sorted(sources, key=lambda s: not s.reference)
 
 
@@ -143,8 +146,7 @@ def random_init_checkpoint(model_name: str, seed: int = 0, root: Path | str | No
 
 
 def random_init_source(profile: Profile) -> PretrainedSource:
-    """A control without pretraining: the profile's BEiT-3 size with random weights (not registered:
-    ``register_pretrained_source("random_init", random_init_source)`` adds it to the tables)."""
+    """A control without pretraining: the profile's BEiT-3 size with random weights (the ``none`` recipe)."""
     model_name = profile_model_name(profile)
     return PretrainedSource(
         name="random_init",
@@ -203,6 +205,7 @@ def recipe_source(recipe: str) -> SourceFactory:
 
 register_pretrained_source("beit3", recipe_source("beit3"))
 register_pretrained_source("vlmo", recipe_source("vlmo"))
+register_pretrained_source("none", random_init_source)
 
 
 # ----------------------------------------------------------------------------- config edits

@@ -21,7 +21,7 @@ from typing import Any
 from .checkpointing import latest_checkpoint
 from .config import TrainConfig, load_train_config, train_config_hash
 from .gitinfo import PACKAGE_ROOT
-from .profiles import Profile
+from .profiles import Profile, unknown_name_error
 from .tracking import find_finished_run, resolve_tracking_uri
 
 CONFIG_ROOT = PACKAGE_ROOT / "configs"
@@ -29,6 +29,8 @@ RECIPES: dict[str, tuple[str, ...]] = {
     "beit3": ("pretrain/mdm.py",),
     "vlmo": ("pretrain/vlmo_stage1.py", "pretrain/vlmo_stage2.py", "pretrain/vlmo_stage3.py"),
 }
+# What a finetune can start from: a pretraining recipe's final weights, or ``none`` (random init).
+RECIPE_NAMES: tuple[str, ...] = (*RECIPES, "none")
 
 
 @dataclass(frozen=True)
@@ -63,10 +65,17 @@ def fill_from_world(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, model_overrides={**cfg.model_overrides, "vocab_size": vocab})
 
 
+def check_recipe(name: str) -> str:
+    """``name`` if it is a recipe (or ``none``); else the harness's unknown-name error listing them."""
+    if name not in RECIPE_NAMES:
+        raise unknown_name_error("recipe", name, RECIPE_NAMES)
+    return name
+
+
 def recipe_configs(recipe: str, profile: Profile, seed: int = 0) -> list[TrainConfig]:
     """The pretraining runs of ``recipe`` (one, or one per VLMo stage) scaled to ``profile``."""
     if recipe not in RECIPES:
-        raise KeyError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+        raise unknown_name_error("pretraining recipe", recipe, RECIPES)
     configs = []
     for relative in RECIPES[recipe]:
         stage = Path(relative).stem.split("_")[-1] if recipe == "vlmo" else "mdm"
@@ -79,9 +88,11 @@ def recipe_configs(recipe: str, profile: Profile, seed: int = 0) -> list[TrainCo
     return configs
 
 
-def pretraining_configs(profile: Profile, seeds: int) -> list[TrainConfig]:
-    """Every pretraining run of every recipe and seed (what tables built on table3 plan first)."""
-    return [cfg for recipe in RECIPES for seed in range(seeds) for cfg in recipe_configs(recipe, profile, seed)]
+def pretraining_configs(profile: Profile, seeds: int, recipes: tuple[str, ...] = RECIPE_NAMES) -> list[TrainConfig]:
+    """Every pretraining run of every recipe in ``recipes`` (``none`` has none) and seed: what tables
+    built on table3 plan first."""
+    return [cfg for recipe in RECIPES if recipe in recipes for seed in range(seeds)
+            for cfg in recipe_configs(recipe, profile, seed)]
 
 
 def derive(cfg: TrainConfig, parent: RunRecord | None) -> TrainConfig:

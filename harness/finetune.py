@@ -13,11 +13,10 @@ import torch
 import tasks
 
 from .config import TrainConfig, build_train_config, train_config_hash
-from .experiments import RunRecord, ensure_recipe, ensure_run, recipe_configs
+from .experiments import RECIPE_NAMES, RunRecord, check_recipe, ensure_recipe, ensure_run, recipe_configs
 from .profiles import Profile
 from .tracking import resolve_tracking_uri
 
-PRETRAINING_RECIPES = ("beit3", "vlmo", "none")
 FINETUNE_EXPERIMENT = "beit3-finetune"
 # Splits each task is scored on (the world and the real data sets name them alike).
 EVAL_SPLITS: dict[str, tuple[str, ...]] = {
@@ -70,8 +69,7 @@ def finetune_config(task: str, recipe: str, profile: Profile, seed: int = 0,
     for ImageNet; their values name the run. ``after`` is a finetune of the same task this one
     continues from (retrieval after the intermediate ITC stage): its weights load whole.
     """
-    if recipe not in PRETRAINING_RECIPES:
-        raise KeyError(f"unknown recipe {recipe!r}; known: {', '.join(PRETRAINING_RECIPES)}")
+    check_recipe(recipe)
     if not profile.finetune:
         raise ValueError(
             f"profile {profile.name!r} has no finetuning scale: on real data, launch each task's official "
@@ -125,19 +123,19 @@ def count_classes(data: dict[str, Any]) -> int:
 
 def ensure_finetune(task: str, recipe: str, profile: Profile, seed: int = 0, *,
                     variant: dict[str, Any] | None = None, model_variant: dict[str, Any] | None = None,
-                    after_itc: bool = False, tracking_uri: str | None = None) -> FinetuneResult:
+                    after_itc: bool = False, tracking_uri: str | None = None, nproc: int = 1) -> FinetuneResult:
     """Pretrain (or reuse), finetune (or reuse) and evaluate (or reuse the logged evaluation).
 
     ``after_itc``: retrieval continues from the intermediate ITC stage (paper App. A), itself a run
-    descending from the pretraining recipe.
+    descending from the pretraining recipe. ``nproc`` > 1 trains each run under torchrun.
     """
-    parents = tuple(ensure_recipe(recipe, profile, seed, tracking_uri=tracking_uri)) if recipe != "none" else ()
+    parents = ensure_parents(recipe, profile, seed, tracking_uri, nproc)
     after = None
     if after_itc:
         after = itc_config(recipe, profile, seed)
-        parents += (ensure_run(after, parents[-1] if parents else None, tracking_uri=tracking_uri),)
+        parents += (ensure_run(after, parents[-1] if parents else None, tracking_uri=tracking_uri, nproc=nproc),)
     cfg = finetune_config(task, recipe, profile, seed, variant, model_variant, after)
-    record = ensure_run(cfg, parents[-1] if parents else None, tracking_uri=tracking_uri)
+    record = ensure_run(cfg, parents[-1] if parents else None, tracking_uri=tracking_uri, nproc=nproc)
     wanted = EVAL_SPLITS[task]
     metrics = {k: v for k, v in record.metrics.items() if k.startswith("eval.")}
     missing = [split for split in wanted if not any(k.startswith(f"eval.{split}.") for k in metrics)]
@@ -151,13 +149,20 @@ def itc_config(recipe: str, profile: Profile, seed: int = 0) -> TrainConfig:
     return finetune_config("retrieval", recipe, profile, seed, variant=ITC_VARIANT)
 
 
+def ensure_parents(recipe: str, profile: Profile, seed: int, tracking_uri: str | None,
+                   nproc: int = 1) -> tuple[RunRecord, ...]:
+    """The pretraining runs a finetune descends from (none for ``recipe="none"``)."""
+    check_recipe(recipe)
+    return tuple(ensure_recipe(recipe, profile, seed, tracking_uri=tracking_uri, nproc=nproc)) if recipe != "none" else ()
+
+
 def zero_shot_retrieval(recipe: str, dataset: str, profile: Profile, seed: int = 0, *,
-                        tracking_uri: str | None = None) -> FinetuneResult:
+                        tracking_uri: str | None = None, nproc: int = 1) -> FinetuneResult:
     """The ITC-stage model scored on ``dataset``'s test split without finetuning on it (Table 6);
     logged into the ITC run as ``zeroshot.<dataset>.test.<metric>``."""
-    parents = tuple(ensure_recipe(recipe, profile, seed, tracking_uri=tracking_uri)) if recipe != "none" else ()
+    parents = ensure_parents(recipe, profile, seed, tracking_uri, nproc)
     cfg = itc_config(recipe, profile, seed)
-    record = ensure_run(cfg, parents[-1] if parents else None, tracking_uri=tracking_uri)
+    record = ensure_run(cfg, parents[-1] if parents else None, tracking_uri=tracking_uri, nproc=nproc)
     prefix = f"zeroshot.{dataset}"
     metrics = {k: v for k, v in record.metrics.items() if k.startswith(prefix + ".")}
     if not metrics:
@@ -190,9 +195,10 @@ def evaluate_run(cfg: TrainConfig, record: RunRecord, splits: list[str], trackin
     return metrics
 
 
-def plan_finetunes(experiments: tuple[tuple, ...], profile: Profile, seeds: int) -> list[tuple[str, str, int, TrainConfig]]:
-    """Every (task, recipe, seed) finetune a table needs, with its config (for ``--dry-run``);
+def plan_finetunes(experiments: tuple[tuple, ...], profile: Profile, seeds: int,
+                   recipes: tuple[str, ...] = RECIPE_NAMES) -> list[TrainConfig]:
+    """Every (task, recipe, seed) finetune a table needs, as configs (for ``--dry-run``);
     ``experiments`` are (task, variant[, model_variant]) tuples."""
-    return [(spec[0], recipe, seed, finetune_config(spec[0], recipe, profile, seed, *spec[1:]))
-            for spec in experiments for recipe in PRETRAINING_RECIPES for seed in range(seeds)]
+    return [finetune_config(spec[0], recipe, profile, seed, *spec[1:])
+            for spec in experiments for recipe in recipes for seed in range(seeds)]
 

@@ -4,8 +4,8 @@ A table spec (lm-eval/timm style) is registered by name::
 
     @register_table("table2")
     class Table2(TableSpec):
-        def plan(self, profile, seeds): ...      # the experiments the table needs
-        def run(self, profile, seeds): ...       # -> TableResult
+        def plan(self, profile, options): ...    # the experiments the table needs
+        def run(self, profile, options): ...     # -> TableResult
         def render(self, result, paper): ...     # pure: -> markdown
 
 ``run_table`` is ``harness run TABLE``: plan -> run -> compare with ``results/paper/<name>.json``
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from harness import report, tracking
+from harness.experiments import RECIPE_NAMES, check_recipe
 from harness.gitinfo import PACKAGE_ROOT
 from harness.profiles import Profile, unknown_name_error
 
@@ -52,6 +53,39 @@ class TableNotImplementedError(NotImplementedError):
 
 # ----------------------------------------------------------------------------- data types
 @dataclass(frozen=True)
+class RunOptions:
+    """How a table's experiments run (``harness run --seeds --recipes --nproc``).
+
+    Args:
+        options: seeds, recipes, processes per training run.
+        recipes: what finetunes start from: pretraining recipes (``beit3``, ``vlmo``) and ``none``
+            (random init); tables built on pretraining run only these.
+        nproc: processes per training run; more than one launches each run under torchrun.
+    """
+
+    seeds: int = 1
+    recipes: tuple[str, ...] = RECIPE_NAMES
+    nproc: int = 1
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be at least 1, got {self.seeds}")
+        if self.nproc < 1:
+            raise ValueError(f"nproc must be at least 1, got {self.nproc}")
+        if not self.recipes:
+            raise ValueError(f"at least one recipe is needed; known: {', '.join(RECIPE_NAMES)}")
+        for recipe in self.recipes:
+            check_recipe(recipe)
+        # The order of the recipes is the display order; keep the canonical one.
+        object.__setattr__(self, "recipes", tuple(r for r in RECIPE_NAMES if r in self.recipes))
+
+    @property
+    def pretraining_recipes(self) -> tuple[str, ...]:
+        """The chosen recipes that pretrain (all but ``none``)."""
+        return tuple(r for r in self.recipes if r != "none")
+
+
+@dataclass(frozen=True)
 class Experiment:
     """One unit of work a table needs: a (task, profile, seed) with its complete config.
 
@@ -61,6 +95,8 @@ class Experiment:
         profile: the profile name.
         seed: the seed; None for deterministic computations.
         config: everything that determines the result; hashed into ``config_hash``.
+        mlflow_experiment: the MLflow experiment its run is recorded in (found again by config hash);
+            empty for computations that record only in the table's own run.
     """
 
     name: str
@@ -68,6 +104,7 @@ class Experiment:
     profile: str
     seed: int | None
     config: Mapping[str, Any] = field(default_factory=dict)
+    mlflow_experiment: str = ""
 
     @property
     def config_hash(self) -> str:
@@ -76,8 +113,8 @@ class Experiment:
 
 def experiments_of(configs: Sequence[Any], profile: Profile) -> list[Experiment]:
     """Plan entries for training configs (``harness.config.TrainConfig``): name, task, seed, semantic config."""
-    return [Experiment(name=c.run_name, task=c.task, profile=profile.name, seed=c.seed, config=c.semantic_dict())
-            for c in configs]
+    return [Experiment(name=c.run_name, task=c.task, profile=profile.name, seed=c.seed, config=c.semantic_dict(),
+                       mlflow_experiment=c.experiment) for c in configs]
 
 
 @dataclass(frozen=True)
@@ -272,11 +309,11 @@ class TableSpec:
         """The contents of ``results/paper/<name>.json``."""
         return load_paper(self.name)
 
-    def plan(self, profile: Profile, seeds: int) -> list[Experiment]:
-        """The experiments this table needs under ``profile`` with ``seeds`` seeds each."""
+    def plan(self, profile: Profile, options: RunOptions) -> list[Experiment]:
+        """The experiments this table needs under ``profile`` and ``options``."""
         raise NotImplementedError
 
-    def run(self, profile: Profile, seeds: int) -> TableResult:
+    def run(self, profile: Profile, options: RunOptions) -> TableResult:
         """Runs (or reuses) the planned experiments and collects the table's numbers."""
         raise NotImplementedError
 
@@ -337,14 +374,14 @@ class TableOutputs:
     config_hash: str
 
 
-def table_config(spec: TableSpec, profile: Profile, seeds: int) -> dict[str, Any]:
+def table_config(spec: TableSpec, profile: Profile, options: RunOptions) -> dict[str, Any]:
     """The config of a table's own MLflow run: the table, the profile and its planned experiments."""
     return {
         "table": spec.name,
         "profile": profile.name,
         "experiments": {
             e.name: {"task": e.task, "seed": e.seed, "config_hash": e.config_hash, "config": dict(e.config)}
-            for e in spec.plan(profile, seeds)
+            for e in spec.plan(profile, options)
         },
     }
 
@@ -352,7 +389,7 @@ def table_config(spec: TableSpec, profile: Profile, seeds: int) -> dict[str, Any
 def run_table(
     spec: TableSpec,
     profile: Profile,
-    seeds: int,
+    options: RunOptions,
     *,
     out_dir: Path | str,
     results_dir: Path | str,
@@ -366,18 +403,18 @@ def run_table(
     Args:
         spec: the table.
         profile: the profile to run under.
-        seeds: seeds per experiment.
+        options: seeds, recipes, processes per training run.
         out_dir: where ``<table>.md`` goes (``reports/``).
         results_dir: where ``<table>.csv`` goes (``results/``).
         tracking_uri: an MLflow store already checked by ``tracking.check_tracking_uri``.
     """
-    config = table_config(spec, profile, seeds)
+    config = table_config(spec, profile, options)
     paper = spec.paper_rows
     # The table's training runs record in the same store as the table's own run.
     previous_uri = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     try:
-        return _run_and_record(spec, profile, seeds, config, paper, out_dir, results_dir, tracking_uri)
+        return _run_and_record(spec, profile, options, config, paper, out_dir, results_dir, tracking_uri)
     finally:
         if previous_uri is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -385,7 +422,7 @@ def run_table(
             os.environ["MLFLOW_TRACKING_URI"] = previous_uri
 
 
-def _run_and_record(spec, profile, seeds, config, paper, out_dir, results_dir, tracking_uri) -> TableOutputs:
+def _run_and_record(spec, profile, options, config, paper, out_dir, results_dir, tracking_uri) -> TableOutputs:
     with tracking.start_run(
         TABLES_EXPERIMENT,
         f"{spec.name}-{profile.name}",
@@ -393,7 +430,7 @@ def _run_and_record(spec, profile, seeds, config, paper, out_dir, results_dir, t
         tags={"table": spec.name},
         tracking_uri=tracking_uri,
     ) as run:
-        result = spec.run(profile, seeds)
+        result = spec.run(profile, options)
         rows = compare(result, paper)
         markdown = spec.render(result, paper)
         csv_text = comparison_csv(rows)

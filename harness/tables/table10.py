@@ -13,7 +13,6 @@ from typing import Any, Mapping
 from harness import report
 from harness.experiments import pretraining_configs
 from harness.finetune import (
-    PRETRAINING_RECIPES,
     FinetuneResult,
     ensure_finetune,
     finetune_config,
@@ -22,7 +21,7 @@ from harness.finetune import (
     zero_shot_retrieval,
 )
 from harness.profiles import Profile
-from harness.tables import Experiment, ResultRow, TableResult, TableSpec, experiments_of, register_table
+from harness.tables import Experiment, ResultRow, RunOptions, TableResult, TableSpec, experiments_of, register_table
 
 DATASETS = ("coco", "flickr30k")
 RECALLS = ("tr_r1", "tr_r5", "tr_r10", "ir_r1", "ir_r5", "ir_r10")  # I→T (text retrieval), then T→I
@@ -37,27 +36,28 @@ class Table10(TableSpec):
     datasets = DATASETS
     intro = "Retrieval finetuned directly from each pretraining recipe (no intermediate ITC stage)"
 
-    def plan(self, profile: Profile, seeds: int) -> list[Experiment]:
-        pretraining = pretraining_configs(profile, seeds)
+    def plan(self, profile: Profile, options: RunOptions) -> list[Experiment]:
+        pretraining = pretraining_configs(profile, options.seeds, options.recipes)
         pairs = tuple(("retrieval", {"dataset": dataset}) for dataset in self.datasets)
-        return experiments_of(pretraining + [c for *_, c in plan_finetunes(pairs, profile, seeds)], profile)
+        return experiments_of(pretraining + plan_finetunes(pairs, profile, options.seeds, options.recipes), profile)
 
-    def measure(self, recipe: str, dataset: str, profile: Profile, seed: int) -> tuple[FinetuneResult, str]:
+    def measure(self, recipe: str, dataset: str, profile: Profile, seed: int,
+                nproc: int = 1) -> tuple[FinetuneResult, str]:
         """The run behind one row and the prefix of its metrics."""
-        return ensure_finetune("retrieval", recipe, profile, seed, variant={"dataset": dataset}), "eval.test"
+        return ensure_finetune("retrieval", recipe, profile, seed, variant={"dataset": dataset}, nproc=nproc), "eval.test"
 
-    def run(self, profile: Profile, seeds: int) -> TableResult:
+    def run(self, profile: Profile, options: RunOptions) -> TableResult:
         rows, annotations = [], {}
-        for recipe in PRETRAINING_RECIPES:
-            for seed in range(seeds):
+        for recipe in options.recipes:
+            for seed in range(options.seeds):
                 for dataset in self.datasets:
-                    result, prefix = self.measure(recipe, dataset, profile, seed)
+                    result, prefix = self.measure(recipe, dataset, profile, seed, options.nproc)
                     annotations[f"{recipe}.seed{seed}.{dataset}"] = f"`{result.run.run_id[:8]}` ({result.run.status})"
                     for recall in RECALLS:
                         value = result.metrics[f"{prefix}.{recall}"]
                         rows.append(ResultRow(recipe, f"seed{seed}.{dataset}.{recall}", recall, float(value)))
         rows += chance_rows(profile)
-        groups = {**{r: RECIPE_TITLES[r] for r in PRETRAINING_RECIPES}, "chance": CHANCE_TITLE}
+        groups = {**{r: RECIPE_TITLES[r] for r in options.recipes}, "chance": CHANCE_TITLE}
         return TableResult(self.name, groups, tuple(rows), annotations)
 
     def render(self, result: TableResult, paper: Mapping[str, Any]) -> str:
@@ -67,7 +67,7 @@ class Table10(TableSpec):
             values.setdefault((row.group, key), []).append(row.value)
         headers = ["model / pretraining", *paper.get("columns", []), "MLflow runs"]
         body = [[m["model"] + " (paper)", *[f"{v:.1f}" for v in m["values"]], ""] for m in paper.get("models", [])]
-        for group in (*PRETRAINING_RECIPES, "chance"):
+        for group in result.groups:
             cells = []
             for dataset in self.datasets:
                 for recall in RECALLS:
@@ -96,15 +96,18 @@ class Table5(Table10):
 
     intro = "Retrieval finetuned after the intermediate ITC stage (pretraining pairs, paper App. A)"
 
-    def plan(self, profile: Profile, seeds: int) -> list[Experiment]:
-        pretraining = pretraining_configs(profile, seeds)
-        itc = [itc_config(r, profile, s) for r in PRETRAINING_RECIPES for s in range(seeds)]
+    def plan(self, profile: Profile, options: RunOptions) -> list[Experiment]:
+        pretraining = pretraining_configs(profile, options.seeds, options.recipes)
+        seeds = range(options.seeds)
+        itc = [itc_config(r, profile, s) for r in options.recipes for s in seeds]
         finetunes = [finetune_config("retrieval", r, profile, s, {"dataset": d}, None, itc_config(r, profile, s))
-                     for r in PRETRAINING_RECIPES for s in range(seeds) for d in self.datasets]
+                     for r in options.recipes for s in seeds for d in self.datasets]
         return experiments_of(pretraining + itc + finetunes, profile)
 
-    def measure(self, recipe: str, dataset: str, profile: Profile, seed: int) -> tuple[FinetuneResult, str]:
-        result = ensure_finetune("retrieval", recipe, profile, seed, variant={"dataset": dataset}, after_itc=True)
+    def measure(self, recipe: str, dataset: str, profile: Profile, seed: int,
+                nproc: int = 1) -> tuple[FinetuneResult, str]:
+        result = ensure_finetune("retrieval", recipe, profile, seed, variant={"dataset": dataset}, after_itc=True,
+                                 nproc=nproc)
         return result, "eval.test"
 
 
@@ -115,13 +118,14 @@ class Table6(Table10):
     datasets = ("flickr30k",)
     intro = "Zero-shot: the ITC-stage model of each recipe, scored on Flickr30K without finetuning on it"
 
-    def plan(self, profile: Profile, seeds: int) -> list[Experiment]:
-        pretraining = pretraining_configs(profile, seeds)
-        return experiments_of(pretraining + [itc_config(r, profile, s) for r in PRETRAINING_RECIPES
-                                           for s in range(seeds)], profile)
+    def plan(self, profile: Profile, options: RunOptions) -> list[Experiment]:
+        pretraining = pretraining_configs(profile, options.seeds, options.recipes)
+        return experiments_of(pretraining + [itc_config(r, profile, s) for r in options.recipes
+                                           for s in range(options.seeds)], profile)
 
-    def measure(self, recipe: str, dataset: str, profile: Profile, seed: int) -> tuple[FinetuneResult, str]:
-        return zero_shot_retrieval(recipe, dataset, profile, seed), f"zeroshot.{dataset}.test"
+    def measure(self, recipe: str, dataset: str, profile: Profile, seed: int,
+                nproc: int = 1) -> tuple[FinetuneResult, str]:
+        return zero_shot_retrieval(recipe, dataset, profile, seed, nproc=nproc), f"zeroshot.{dataset}.test"
 
 
 def chance_rows(profile: Profile) -> list[ResultRow]:

@@ -21,6 +21,7 @@ from harness.tables import (
     ComparisonRow,
     Experiment,
     ResultRow,
+    RunOptions,
     TableResult,
     TableSpec,
     compare,
@@ -160,14 +161,14 @@ def parameter_rows(group: str, counts: Mapping[str, int], heads: bool) -> list[R
 class Table2(TableSpec):
     """Model configuration of BEiT-3 and its parameters per component (no training involved)."""
 
-    def plan(self, profile: Profile, seeds: int) -> list[Experiment]:
+    def plan(self, profile: Profile, options: RunOptions) -> list[Experiment]:
         # One deterministic computation whatever the profile: no seeds, and a profile-free config.
         config = {"count": "numel of named_parameters on the meta device", "models": MODELS,
                   "mim_codebook_size": MIM_CODEBOOK_SIZE}
         return [Experiment("table2/parameter-count", "parameter_count", profile.name, None, config)]
 
-    def run(self, profile: Profile, seeds: int) -> TableResult:
-        (experiment,) = self.plan(profile, seeds)
+    def run(self, profile: Profile, options: RunOptions) -> TableResult:
+        (experiment,) = self.plan(profile, options)
         rows: list[ResultRow] = []
         for group, spec in experiment.config["models"].items():
             sizes, config = meta_parameter_sizes(spec["model"], spec["layout"], spec["heads"])

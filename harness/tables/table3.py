@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from harness import report
 from harness.experiments import RECIPES, RunRecord, ensure_recipe, pretraining_configs
 from harness.profiles import Profile
-from harness.tables import Experiment, ResultRow, TableResult, TableSpec, experiments_of, register_table
+from harness.tables import Experiment, ResultRow, RunOptions, TableResult, TableSpec, experiments_of, register_table
 
 RECIPE_TITLES = {"beit3": "BEiT-3 masked data modeling", "vlmo": "VLMo staged (image → text → image-text)"}
 COUNTS = ("images", "texts", "pairs", "text_tokens", "pair_text_tokens")
@@ -25,17 +25,17 @@ def _sum(records: list[RunRecord], key: str) -> float:
 
 @register_table("table3")
 class Table3(TableSpec):
-    def plan(self, profile: Profile, seeds: int) -> list[Experiment]:
-        return experiments_of(pretraining_configs(profile, seeds), profile)
+    def plan(self, profile: Profile, options: RunOptions) -> list[Experiment]:
+        return experiments_of(pretraining_configs(profile, options.seeds, options.recipes), profile)
 
-    def run(self, profile: Profile, seeds: int) -> TableResult:
+    def run(self, profile: Profile, options: RunOptions) -> TableResult:
         rows: list[ResultRow] = []
         groups: dict[str, str] = {}
         annotations: dict[str, str] = {}
-        for recipe in RECIPES:
+        for recipe in options.pretraining_recipes:
             groups[recipe] = RECIPE_TITLES[recipe]
-            for seed in range(seeds):
-                records = ensure_recipe(recipe, profile, seed)
+            for seed in range(options.seeds):
+                records = ensure_recipe(recipe, profile, seed, nproc=options.nproc)
                 prefix = f"seed{seed}."
                 annotations[f"{recipe}.{prefix}runs"] = ", ".join(f"`{r.run_id[:8]}` ({r.status})" for r in records)
                 values = {

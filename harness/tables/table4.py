@@ -13,9 +13,9 @@ from typing import Any, Mapping
 
 from harness import report
 from harness.experiments import pretraining_configs
-from harness.finetune import PRETRAINING_RECIPES, ensure_finetune, plan_finetunes
+from harness.finetune import ensure_finetune, plan_finetunes
 from harness.profiles import Profile
-from harness.tables import Experiment, ResultRow, TableResult, TableSpec, experiments_of, register_table
+from harness.tables import Experiment, ResultRow, RunOptions, TableResult, TableSpec, experiments_of, register_table
 
 TASKS = ("vqav2", "nlvr2", "captioning")
 RECIPE_TITLES = {"beit3": "BEiT-3 MDM pretraining", "vlmo": "VLMo staged pretraining", "none": "no pretraining"}
@@ -55,21 +55,21 @@ def prior_rows(profile: Profile) -> list[ResultRow]:
 
 @register_table("table4")
 class Table4(TableSpec):
-    def plan(self, profile: Profile, seeds: int) -> list[Experiment]:
-        finetunes = [cfg for *_, cfg in plan_finetunes(tuple((task, None) for task in TASKS), profile, seeds)]
-        return experiments_of(pretraining_configs(profile, seeds) + finetunes, profile)
+    def plan(self, profile: Profile, options: RunOptions) -> list[Experiment]:
+        finetunes = plan_finetunes(tuple((task, None) for task in TASKS), profile, options.seeds, options.recipes)
+        return experiments_of(pretraining_configs(profile, options.seeds, options.recipes) + finetunes, profile)
 
-    def run(self, profile: Profile, seeds: int) -> TableResult:
+    def run(self, profile: Profile, options: RunOptions) -> TableResult:
         rows, annotations = [], {}
-        for recipe in PRETRAINING_RECIPES:
-            for seed in range(seeds):
+        for recipe in options.recipes:
+            for seed in range(options.seeds):
                 for task in TASKS:
-                    result = ensure_finetune(task, recipe, profile, seed)
+                    result = ensure_finetune(task, recipe, profile, seed, nproc=options.nproc)
                     annotations[f"{recipe}.seed{seed}.{task}"] = f"`{result.run.run_id[:8]}` ({result.run.status})"
                     for key, value in result.metrics.items():
                         rows.append(ResultRow(recipe, f"seed{seed}.{key}", key, float(value)))
         rows += prior_rows(profile)
-        groups = {**{r: RECIPE_TITLES[r] for r in PRETRAINING_RECIPES}, "prior": PRIOR_TITLE}
+        groups = {**{r: RECIPE_TITLES[r] for r in options.recipes}, "prior": PRIOR_TITLE}
         return TableResult(self.name, groups, tuple(rows), annotations)
 
     def render(self, result: TableResult, paper: Mapping[str, Any]) -> str:
@@ -82,7 +82,7 @@ class Table4(TableSpec):
         for model in paper.get("models", []):
             cells = [model["values"][i] for i in PAPER_COLUMN_INDEX]
             body.append([f"{model['model']} (paper)", *["–" if c is None else f"{c:.2f}" for c in cells], ""])
-        for recipe in (*PRETRAINING_RECIPES, "prior"):
+        for recipe in result.groups:
             cells = []
             for _, _task, key in COLUMNS:
                 found = values.get((recipe, key))

@@ -18,6 +18,7 @@ from harness.profiles import Profile
 from harness.tables import (
     Experiment,
     ResultRow,
+    RunOptions,
     TableResult,
     TableSpec,
     compare,
@@ -127,11 +128,11 @@ def render_dense_table(title: str, summary: str, result: TableResult, paper: Map
 class Table7(TableSpec):
     """COCO box/mask AP of BEiT-3-initialised detectors, one row per pretraining recipe and head."""
 
-    def plan(self, profile: Profile, seeds: int) -> list[Experiment]:
-        return plan_experiments(self.name, profile, seeds, dense.pretrained_sources(profile))
+    def plan(self, profile: Profile, options: RunOptions) -> list[Experiment]:
+        return plan_experiments(self.name, profile, options.seeds, dense.pretrained_sources(profile, options.recipes))
 
-    def run(self, profile: Profile, seeds: int) -> TableResult:
-        return measure(self.name, profile, seeds, dense.pretrained_sources(profile))
+    def run(self, profile: Profile, options: RunOptions) -> TableResult:
+        return measure(self.name, profile, options.seeds, dense.pretrained_sources(profile, options.recipes))
 
     def render(self, result: TableResult, paper: Mapping[str, Any]) -> str:
         summary = (

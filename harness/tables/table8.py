@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from harness import dense
 from harness.profiles import Profile
-from harness.tables import Experiment, ResultRow, TableResult, TableSpec, register_table
+from harness.tables import Experiment, ResultRow, RunOptions, TableResult, TableSpec, register_table
 from harness.tables import table7
 from harness.tables.table7 import render_dense_table
 
@@ -108,11 +108,11 @@ def measure(table: str, profile: Profile, seeds: int, sources: Sequence[dense.Pr
 class Table8(TableSpec):
     """ADE20K mIoU (single- and multi-scale) of BEiT-3-initialised segmentors."""
 
-    def plan(self, profile: Profile, seeds: int) -> list[Experiment]:
-        return plan_experiments(self.name, profile, seeds, dense.pretrained_sources(profile))
+    def plan(self, profile: Profile, options: RunOptions) -> list[Experiment]:
+        return plan_experiments(self.name, profile, options.seeds, dense.pretrained_sources(profile, options.recipes))
 
-    def run(self, profile: Profile, seeds: int) -> TableResult:
-        return measure(self.name, profile, seeds, dense.pretrained_sources(profile))
+    def run(self, profile: Profile, options: RunOptions) -> TableResult:
+        return measure(self.name, profile, options.seeds, dense.pretrained_sources(profile, options.recipes))
 
     def render(self, result: TableResult, paper: Mapping[str, Any]) -> str:
         summary = (

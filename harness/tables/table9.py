@@ -11,9 +11,9 @@ from typing import Any, Mapping
 
 from harness import report
 from harness.experiments import pretraining_configs
-from harness.finetune import PRETRAINING_RECIPES, ensure_finetune, plan_finetunes
+from harness.finetune import ensure_finetune, plan_finetunes
 from harness.profiles import Profile
-from harness.tables import Experiment, ResultRow, TableResult, TableSpec, experiments_of, register_table
+from harness.tables import Experiment, ResultRow, RunOptions, TableResult, TableSpec, experiments_of, register_table
 
 CLASSIFIERS = {"linear": "linear head", "retrieval": "class-name retrieval"}
 RECIPE_TITLES = {"beit3": "BEiT-3 MDM pretraining", "vlmo": "VLMo staged pretraining", "none": "no pretraining"}
@@ -22,23 +22,24 @@ MAJORITY_TITLE = "majority class (the world's baseline)"
 
 @register_table("table9")
 class Table9(TableSpec):
-    def plan(self, profile: Profile, seeds: int) -> list[Experiment]:
+    def plan(self, profile: Profile, options: RunOptions) -> list[Experiment]:
         specs = tuple(("imagenet", None, {"classifier": mode}) for mode in CLASSIFIERS)
-        finetunes = [cfg for *_, cfg in plan_finetunes(specs, profile, seeds)]
-        return experiments_of(pretraining_configs(profile, seeds) + finetunes, profile)
+        finetunes = plan_finetunes(specs, profile, options.seeds, options.recipes)
+        return experiments_of(pretraining_configs(profile, options.seeds, options.recipes) + finetunes, profile)
 
-    def run(self, profile: Profile, seeds: int) -> TableResult:
+    def run(self, profile: Profile, options: RunOptions) -> TableResult:
         rows, annotations = [], {}
-        for recipe in PRETRAINING_RECIPES:
-            for seed in range(seeds):
+        for recipe in options.recipes:
+            for seed in range(options.seeds):
                 for mode in CLASSIFIERS:
-                    result = ensure_finetune("imagenet", recipe, profile, seed, model_variant={"classifier": mode})
+                    result = ensure_finetune("imagenet", recipe, profile, seed, model_variant={"classifier": mode},
+                                             nproc=options.nproc)
                     annotations[f"{recipe}.seed{seed}.{mode}"] = f"`{result.run.run_id[:8]}` ({result.run.status})"
                     for metric in ("acc1", "acc5"):
                         value = result.metrics[f"eval.test.{metric}"]
                         rows.append(ResultRow(recipe, f"seed{seed}.{mode}.{metric}", metric, float(value)))
         rows += majority_rows(profile)
-        groups = {**{r: RECIPE_TITLES[r] for r in PRETRAINING_RECIPES}, "majority": MAJORITY_TITLE}
+        groups = {**{r: RECIPE_TITLES[r] for r in options.recipes}, "majority": MAJORITY_TITLE}
         return TableResult(self.name, groups, tuple(rows), annotations)
 
     def render(self, result: TableResult, paper: Mapping[str, Any]) -> str:
@@ -58,7 +59,7 @@ class Table9(TableSpec):
         headers = ["model / pretraining", "classifier", "top-1", "top-5", "finetune run"]
         body = [[m["model"] + " (paper)", "", f"{m['top1']:.1f}", f"{m['top5']:.1f}" if "top5" in m else "–", ""]
                 for m in paper.get("models", [])]
-        for recipe in PRETRAINING_RECIPES:
+        for recipe in (g for g in result.groups if g != "majority"):
             for mode, title in CLASSIFIERS.items():
                 body.append([f"ours, {RECIPE_TITLES[recipe]}", title, cell(recipe, f"{mode}.acc1"),
                              cell(recipe, f"{mode}.acc5"), result.annotations.get(f"{recipe}.seed0.{mode}", "–")])

@@ -97,6 +97,8 @@ def test_dry_run_prints_plan_and_touches_nothing(capsys, paths):
         (["run", "table1"], ["table1", "not implemented yet", "available tables: table2"]),
         (["run", "table2", "--profile", "smok"], ["unknown profile 'smok'", "Did you mean 'smoke'", "mini, paper, smoke"]),
         (["run", "table2", "--seeds", "0"], ["--seeds must be at least 1"]),
+        (["run", "table4", "--recipes", "beit3,clip"], ["unknown recipe 'clip'", "beit3, none, vlmo"]),
+        (["run", "table4", "--nproc", "0", "--dry-run"], ["--nproc must be at least 1"]),
         (["data", "world", "--profile", "paper", "--out", "w"], ["real datasets", "profiles: mini, smoke"]),
         (["data", "world", "--profile", "tiny", "--out", "w"], ["unknown profile 'tiny'"]),
     ],
@@ -121,11 +123,26 @@ def test_unreachable_tracking_uri_exits_2_before_any_work(capsys, paths, uri):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("what, expected", [("tasks", ["vqav2", "nlvr2", "captioning", "retrieval", "imagenet"]),
+                                             ("recipes", ["beit3", "vlmo", "none"])])
+def test_list_tasks_and_recipes(capsys, what, expected):
+    code, out, _ = _run_cli(capsys, "list", what)
+    assert code == 0
+    for name in expected:
+        assert name in out
+
+
+def test_recipes_narrow_the_plan(capsys, paths):
+    code, out, _ = _run_cli(capsys, "run", "table4", "--dry-run", "--recipes", "none")
+    assert code == 0
+    assert "vqav2-none-smoke-seed0" in out and "beit3" not in out and "vlmo" not in out
+
+
 def test_unknown_list_kind_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["list", "recipes"])
+        main(["list", "weights"])
     assert exc.value.code == 2
-    assert "invalid choice: 'recipes'" in capsys.readouterr().err
+    assert "invalid choice: 'weights'" in capsys.readouterr().err
 
 
 def test_data_world_calls_build_world(capsys, paths, monkeypatch):

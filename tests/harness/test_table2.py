@@ -6,7 +6,7 @@ import re
 import pytest
 
 from harness.profiles import get_profile
-from harness.tables import ResultRow, TableResult, compare, get_table, load_paper, write_atomic
+from harness.tables import ResultRow, RunOptions, TableResult, compare, get_table, load_paper, write_atomic
 from harness.tables.table2 import count_components, meta_parameter_sizes
 
 D, F, V = 8, 32, 50  # embed dim, FFN dim, vocab of the fake name lists
@@ -91,7 +91,7 @@ def test_grouping_rejects_a_parameter_of_no_component(name):
 # ----------------------------------------------------------------------------- real backbones (meta)
 @pytest.fixture(scope="module")
 def result():
-    return get_table("table2").run(get_profile("smoke"), seeds=1)
+    return get_table("table2").run(get_profile("smoke"), RunOptions(seeds=1))
 
 
 def _value(result, group, component):
