@@ -44,6 +44,11 @@ class TrainConfig:
     seed: int = 0
     max_steps: int = 100
     grad_accum_steps: int = 1
+    # Official recipes count epochs and the total batch: when set, they decide max_steps/warmup_steps and
+    # the per-rank data.batch_size at launch (data-set size and world size known), see schedule_for_data.
+    epochs: float = 0.0
+    warmup_epochs: float = 0.0
+    global_batch_size: int = 0
     # optimizer (AdamW)
     lr: float = 1e-3
     min_lr: float = 1e-6

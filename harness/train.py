@@ -12,6 +12,7 @@ that a run killed at any step and resumed ends bit-identical to an uninterrupted
 from __future__ import annotations
 
 import ast
+import dataclasses
 import contextlib
 import math
 import sys
@@ -31,7 +32,7 @@ from .checkpointing import (
     save_checkpoint,
     set_rng_state,
 )
-from .config import TrainConfig, load_train_config, train_config_hash
+from .config import ConfigError, TrainConfig, load_train_config, train_config_hash
 from .distributed import DistInfo, all_reduce_mean, init_distributed, shutdown_distributed
 from .optim import build_optimizer, lr_at, set_lr
 
@@ -306,8 +307,47 @@ def resolve_data_root(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def per_rank_batch_size(cfg: TrainConfig, world_size: int) -> int:
+    """``data.batch_size``, or the share of ``global_batch_size`` of one rank and accumulation step."""
+    if not cfg.global_batch_size:
+        return int(cfg.data.get("batch_size", 0))
+    share, rest = divmod(cfg.global_batch_size, world_size * cfg.grad_accum_steps)
+    if rest or not share:
+        raise ConfigError(
+            f"{cfg.run_name or cfg.task}: global_batch_size {cfg.global_batch_size} does not split over "
+            f"{world_size} rank(s) x {cfg.grad_accum_steps} accumulation step(s); change --nproc or grad_accum_steps"
+        )
+    return share
+
+
+def schedule_for_data(cfg: TrainConfig, data: Any, world_size: int) -> TrainConfig:
+    """``cfg`` with max_steps/warmup_steps from ``epochs``/``warmup_epochs`` over the data's size.
+
+    A map-style source knows its batches per epoch; a streamed one (WebDataset pairs) needs
+    ``data.num_samples``. Without ``epochs`` the config is returned as is.
+    """
+    if not cfg.epochs:
+        return cfg
+    batches = getattr(data, "batches_per_epoch", None)
+    if batches is None:
+        samples = cfg.data.get("num_samples")
+        if not samples:
+            raise ConfigError(
+                f"{cfg.run_name or cfg.task}: epochs={cfg.epochs} over a streamed data set of unknown size; "
+                "set data.num_samples (the number of training samples) or max_steps instead of epochs"
+            )
+        batches = math.ceil(int(samples) / (per_rank_batch_size(cfg, world_size) * world_size))
+    steps_per_epoch = max(1, math.ceil(batches / cfg.grad_accum_steps))
+    return dataclasses.replace(cfg, max_steps=math.ceil(cfg.epochs * steps_per_epoch),
+                               warmup_steps=round(cfg.warmup_epochs * steps_per_epoch))
+
+
 def run_training(cfg: TrainConfig) -> TrainResult:
-    """Build the task's model and data, open the MLflow run, train; the run ends FAILED on errors."""
+    """Build the task's model and data, open the MLflow run, train; the run ends FAILED on errors.
+
+    The MLflow run records ``cfg`` as given (its hash finds the run again); training uses the
+    schedule derived from the data (``schedule_for_data``).
+    """
     import tasks
 
     from .tracking import start_run
@@ -316,19 +356,22 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     try:
         model = tasks.build_model(cfg.task, cfg.model, **cfg.model_overrides)
         data_config = resolve_data_root(cfg.data)
+        if cfg.global_batch_size:
+            data_config = {**data_config, "batch_size": per_rank_batch_size(cfg, info.world_size)}
         data = tasks.build_data(cfg.task, data_config, model=model, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
+        scheduled = schedule_for_data(cfg, data, info.world_size)
         if cfg.trainable:
             tasks.configure_trainable(cfg.task, model, cfg.trainable)
         step_fn = tasks.training_step(cfg.task, cfg.forward_kwargs)
         if not info.is_main:
-            return train(cfg, model, data, info=info, step_fn=step_fn)
+            return train(scheduled, model, data, info=info, step_fn=step_fn)
         # The run records the semantic config, so its config_hash tag is train_config_hash(cfg), the
         # key under which finished runs are found and reused; where it is stored goes into tags.
         tags = {"profile": cfg.profile, "seed": str(cfg.seed), "task": cfg.task, "model": cfg.model,
                 "world_size": str(info.world_size), "out_dir": cfg.out_dir, "init_from": cfg.init_from}
         with start_run(cfg.experiment, cfg.run_name or cfg.task, cfg.semantic_dict(), tags,
                        parent_run_id=cfg.parent_run_id or None) as tracker:
-            result = train(cfg, model, data, info=info, tracker=tracker, step_fn=step_fn)
+            result = train(scheduled, model, data, info=info, tracker=tracker, step_fn=step_fn)
             final = {f"final.{k}": v for k, v in result.losses.items()}
             final.update({"wall_time_s": result.wall_time_s, "samples_per_s_overall": result.samples_per_s})
             final.update({f"data.{k}": float(v) * (1 if k == "steps" else info.world_size)

@@ -12,7 +12,7 @@ import torch
 from harness.checkpointing import ResumeError, latest_checkpoint, list_checkpoints, load_checkpoint_file
 from harness.config import ConfigError, TrainConfig, build_train_config, load_train_config
 from harness.optim import lr_at, param_groups
-from harness.train import NonFiniteLossError, parse_overrides, train
+from harness.train import NonFiniteLossError, parse_overrides, per_rank_batch_size, schedule_for_data, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from toy_training import ToyData, ToyModel, run, toy_config  # noqa: E402
@@ -178,3 +178,25 @@ def test_config_errors_name_the_key(tmp_path):
 def test_parse_overrides():
     assert parse_overrides(["lr=1e-4", "resume=true", "task=pretrain_mdm", "betas=(0.9,0.999)"]) == {
         "lr": 1e-4, "resume": True, "task": "pretrain_mdm", "betas": (0.9, 0.999)}
+
+
+class _Sized:
+    def __init__(self, batches_per_epoch):
+        self.batches_per_epoch = batches_per_epoch
+
+
+def test_epochs_and_global_batch_become_steps_per_rank():
+    cfg = TrainConfig(epochs=10, warmup_epochs=1, global_batch_size=128, grad_accum_steps=2)
+    assert per_rank_batch_size(cfg, world_size=8) == 8  # 128 = 8 ranks x 2 accumulation x 8
+    scheduled = schedule_for_data(cfg, _Sized(batches_per_epoch=101), world_size=8)
+    assert (scheduled.max_steps, scheduled.warmup_steps) == (510, 51)  # ceil(101 / 2) = 51 steps per epoch
+    assert schedule_for_data(TrainConfig(max_steps=7), _Sized(5), 1).max_steps == 7  # no epochs: as given
+    streamed = TrainConfig(epochs=2, global_batch_size=64, data={"num_samples": 1000})
+    assert schedule_for_data(streamed, _Sized(None), world_size=2).max_steps == 32  # 2 x ceil(1000 / 64)
+
+
+def test_epoch_schedule_errors_say_what_to_set():
+    with pytest.raises(ConfigError, match="does not split over 3 rank"):
+        per_rank_batch_size(TrainConfig(global_batch_size=128), world_size=3)
+    with pytest.raises(ConfigError, match="data.num_samples"):
+        schedule_for_data(TrainConfig(epochs=1, global_batch_size=8), _Sized(None), world_size=1)
