@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml Makefile scripts/build_mmcv.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	# Java runs pycocoevalcap's PTB tokenizer and METEOR (captioning metrics).
 	command -v java >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq default-jre-headless)
+	# Headless Chromium renders the `harness report` HTML page in its test (a screenshot).
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium)
 	# torch/torchvision first: pip takes both from this machine's disk (see README).
 	$(PIP) install $(PIP_QUIET) "torch==2.14.1" "torchvision==0.29.1"
 	$(PIP) install $(PIP_QUIET) "setuptools<80" wheel ninja psutil numpy

@@ -3,6 +3,7 @@
     harness list tables                       # the paper's tables and which ones run
     harness run table2 --profile smoke        # regenerate Table 2 -> reports/table2.md + MLflow run
     harness run table2 --dry-run              # the experiments it would run, nothing else
+    harness report table2 --profile smoke     # reports/table2.{md,tex,html} from MLflow alone
     harness data world --profile smoke --out data/world-smoke
 
 Bad names (table, profile) and an unreachable tracking store end with one message on stderr
@@ -20,6 +21,7 @@ from typing import Callable, Sequence
 
 from harness.experiments import RECIPE_NAMES, check_recipe
 from harness.profiles import PROFILES, Profile, UnknownNameError, get_profile, list_profiles
+from harness.reporting import FORMATS, ReportError, parse_formats, report_tables
 from harness.tables import (
     CAPTIONS,
     RunOptions,
@@ -148,6 +150,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- report
+def cmd_report(args: argparse.Namespace) -> int:
+    profile = get_profile(args.profile)
+    for name in args.tables:
+        get_table(name)  # every name checked before the store is touched
+    formats = parse_formats(args.format)
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_tracking_uri(uri)
+    for written in report_tables(args.tables, profile, uri, out_dir=args.out, results_dir=args.results_dir,
+                                 formats=formats):
+        print(f"{written.table}: wrote {', '.join(str(p) for p in written.paths)} "
+              f"from MLflow run {written.run_id} (experiment beit3-tables) in {uri}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- data
 def cmd_data_world(args: argparse.Namespace) -> int:
     profile = get_profile(args.profile)
@@ -176,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
             "harness list tables",
             "harness run table2 --profile smoke",
             "harness run table2 --dry-run",
+            "harness report table2",
             "harness data world --profile smoke --out data/world-smoke",
         ),
     )
@@ -251,7 +269,36 @@ def build_parser() -> argparse.ArgumentParser:
     p_world.add_argument("--seed", type=int, default=0, help="world seed (default: 0)")
     p_world.set_defaults(handler=cmd_data_world)
 
-    # `harness report` (render tables from MLflow alone) is added here by its issue.
+    p_report = sub.add_parser(
+        "report",
+        help="render recorded tables from MLflow alone (markdown, LaTeX, HTML, CSV)",
+        description="Render paper tables from the latest FINISHED run of each table and profile in MLflow "
+        "(experiment beit3-tables), without running anything: OUT/<table>.md (the table's own render), "
+        "OUT/<table>.tex (booktabs), OUT/<table>.html (one self-contained page: paper vs measured, mean ± std "
+        "over seeds, links to the runs, loss curves, bars per recipe) and RESULTS_DIR/<table>.csv.",
+        formatter_class=formatter,
+        epilog=_examples(
+            "harness report table4 --profile mini",
+            "harness report --profile smoke            # every table with a recorded run",
+            "harness report table2 table3 --format html --tracking-uri sqlite:///$PWD/mlflow.db",
+        ),
+    )
+    p_report.add_argument("tables", nargs="*", metavar="TABLE",
+                          help="table names (default: every table with a recorded run for the profile)")
+    p_report.add_argument(
+        "--profile", default="smoke", help=f"whose runs: {', '.join(list_profiles())} (default: smoke)"
+    )
+    p_report.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo-or-cwd>/mlflow.db)",
+    )
+    p_report.add_argument("--out", default="reports", help="directory for <table>.md/.tex/.html (default: reports)")
+    p_report.add_argument("--results-dir", default="results", help="directory for <table>.csv (default: results)")
+    p_report.add_argument("--format", default=",".join(FORMATS), metavar="F1,F2",
+                          help=f"report formats, comma-separated: {', '.join(FORMATS)} (default: all; "
+                          "the CSV is always written)")
+    p_report.set_defaults(handler=cmd_report)
     return parser
 
 
@@ -263,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return args.handler(args)
-    except (UnknownNameError, TableNotImplementedError, TrackingUnavailableError, UsageError) as err:
+    except (UnknownNameError, TableNotImplementedError, TrackingUnavailableError, UsageError, ReportError) as err:
         print(f"harness: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:

@@ -15,6 +15,7 @@ A table spec (lm-eval/timm style) is registered by name::
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -30,6 +31,8 @@ from harness.profiles import Profile, unknown_name_error
 
 PAPER_DIR = PACKAGE_ROOT / "results" / "paper"
 TABLES_EXPERIMENT = "beit3-tables"
+# The measured TableResult of a table's run, with what made it; `harness report` renders from it.
+TABLE_RESULT_ARTIFACT = "table_result.json"
 
 # Captions of the paper's tables (arXiv 2208.10442v2 numbering; abridged). Tables 11-17 are the
 # hyperparameter appendix, which the recipes implement rather than reproduce.
@@ -146,6 +149,16 @@ class TableResult:
     def metrics(self) -> dict[str, float]:
         """``{"<group>.<component>": value}``, the numbers logged to MLflow."""
         return {f"{r.group}.{r.component}": float(r.value) for r in self.rows}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``table``, ``groups``, ``rows`` (dicts), ``annotations``; ``from_dict`` reverses it."""
+        return {"table": self.table, "groups": dict(self.groups),
+                "rows": [dataclasses.asdict(r) for r in self.rows], "annotations": dict(self.annotations)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TableResult":
+        rows = tuple(ResultRow(r["group"], r["component"], r["label"], float(r["value"])) for r in data["rows"])
+        return cls(data["table"], dict(data["groups"]), rows, dict(data.get("annotations", {})))
 
 
 @dataclass(frozen=True)
@@ -386,6 +399,32 @@ def table_config(spec: TableSpec, profile: Profile, options: RunOptions) -> dict
     }
 
 
+def recorded_experiments(plan: Sequence[Experiment], tracking_uri: str) -> list[dict[str, Any]]:
+    """The planned experiments, each with the FINISHED MLflow run that holds it (ids None for the
+    computations a table makes inside its own run, and for runs not found)."""
+    recorded = []
+    for e in plan:
+        run = None
+        if e.mlflow_experiment:
+            run = tracking.find_finished_run(e.mlflow_experiment, e.config_hash, tracking_uri=tracking_uri)
+        recorded.append({
+            "name": e.name, "task": e.task, "seed": e.seed, "config_hash": e.config_hash,
+            "mlflow_experiment": e.mlflow_experiment,
+            "run_id": None if run is None else run.info.run_id,
+            "experiment_id": None if run is None else run.info.experiment_id,
+        })
+    return recorded
+
+
+def table_result_json(result: TableResult, profile: str, options: RunOptions,
+                      experiments: Sequence[Mapping[str, Any]]) -> str:
+    """The ``table_result.json`` artifact: the measured result, the profile, the options and the
+    experiments behind it, enough to render the table again without running anything."""
+    data = {"format": 1, "profile": profile, "options": dataclasses.asdict(options), **result.to_dict(),
+            "experiments": list(experiments)}
+    return json.dumps(data, indent=2) + "\n"
+
+
 def run_table(
     spec: TableSpec,
     profile: Profile,
@@ -398,7 +437,8 @@ def run_table(
     """Runs one table and records it (experiment ``beit3-tables``, run ``<table>-<profile>``).
 
     The metrics are the measured numbers (``<group>.<component>``) and, where the paper has the
-    figure, ``<group>.<component>.delta_pct``; the markdown and CSV are also run artifacts.
+    figure, ``<group>.<component>.delta_pct``; the markdown and CSV are also run artifacts, and so
+    is ``table_result.json`` (``table_result_json``), from which ``harness report`` renders.
 
     Args:
         spec: the table.
@@ -443,6 +483,8 @@ def _run_and_record(spec, profile, options, config, paper, out_dir, results_dir,
         run.log_metrics(metrics)
         run.log_text(markdown, f"{spec.name}.md")
         run.log_text(csv_text, f"{spec.name}.csv")
+        experiments = recorded_experiments(spec.plan(profile, options), tracking_uri)
+        run.log_text(table_result_json(result, profile.name, options, experiments), TABLE_RESULT_ARTIFACT)
     return TableOutputs(markdown, report_path, csv_path, run.run_id, tracking.config_hash(config))
 
 

@@ -75,9 +75,7 @@ class Table10(TableSpec):
                     if not found:
                         cells.append("–")
                         continue
-                    mean = sum(found) / len(found)
-                    spread = (max(found) - min(found)) / 2 if len(found) > 1 else None
-                    cells.append(f"{mean:.1f}" + (f" ± {spread:.1f}" if spread is not None else ""))
+                    cells.append(report.format_mean_std(found, digits=1))
             if group == "chance":
                 if any(cell != "–" for cell in cells):
                     body.append([CHANCE_TITLE, *cells, "world.json"])
@@ -85,7 +83,7 @@ class Table10(TableSpec):
             runs = "; ".join(f"{d}: {result.annotations.get(f'{group}.seed0.{d}', '–')}" for d in self.datasets)
             body.append([f"ours, {RECIPE_TITLES[group]}", *cells, runs])
         lines = [f"# Table {self.name.removeprefix('table')}: {self.title}", "",
-                 f"{self.intro}; mean ± half-range over seeds.", ""]
+                 f"{self.intro}; mean ± std over seeds.", ""]
         lines += report.markdown_table(headers, body).splitlines()
         return "\n".join(lines + ["", paper.get("notes", ""), ""])
 

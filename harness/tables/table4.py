@@ -90,9 +90,7 @@ class Table4(TableSpec):
                     cells.append("n/a" if key.endswith("SPICE") else "–")
                     continue
                 scale = 100.0 if key.rsplit(".", 1)[-1] in PERCENT_METRICS else 1.0
-                mean = scale * sum(found) / len(found)
-                spread = scale * (max(found) - min(found)) / 2 if len(found) > 1 else None
-                cells.append(f"{mean:.2f}" + (f" ± {spread:.2f}" if spread is not None else ""))
+                cells.append(report.format_mean_std([scale * v for v in found], digits=2))
             if recipe == "prior":
                 if any(cell not in ("–", "n/a") for cell in cells):
                     body.append([PRIOR_TITLE, *cells, "world.json"])
@@ -101,7 +99,7 @@ class Table4(TableSpec):
             body.append([f"ours, {RECIPE_TITLES[recipe]}", *cells, runs])
         lines = [f"# Table 4: {self.title}", "",
                  "Paper rows (real benchmarks, giant model) and ours (this profile's data, each pretraining "
-                 "recipe finetuned with the tasks' official recipes, scaled). Mean ± half-range over seeds.", ""]
+                 "recipe finetuned with the tasks' official recipes, scaled). Mean ± std over seeds.", ""]
         lines += report.markdown_table(headers, body).splitlines()
         lines += ["", "SPICE: n/a -- it needs Stanford CoreNLP jars, which cannot be downloaded here.",
                   "", paper.get("notes", ""), ""]

@@ -52,9 +52,7 @@ class Table9(TableSpec):
             found = values.get((group, key))
             if not found:
                 return "–"
-            mean = sum(found) / len(found)
-            spread = (max(found) - min(found)) / 2 if len(found) > 1 else None
-            return f"{mean:.1f}" + (f" ± {spread:.1f}" if spread is not None else "")
+            return report.format_mean_std(found, digits=1)
 
         headers = ["model / pretraining", "classifier", "top-1", "top-5", "finetune run"]
         body = [[m["model"] + " (paper)", "", f"{m['top1']:.1f}", f"{m['top5']:.1f}" if "top5" in m else "–", ""]
@@ -65,7 +63,7 @@ class Table9(TableSpec):
                              cell(recipe, f"{mode}.acc5"), result.annotations.get(f"{recipe}.seed0.{mode}", "–")])
         if ("majority", "linear.acc1") in values:
             body.append([MAJORITY_TITLE, "", cell("majority", "linear.acc1"), "–", "world.json"])
-        lines = [f"# Table 9: {self.title}", "", "Mean ± half-range over seeds.", ""]
+        lines = [f"# Table 9: {self.title}", "", "Mean ± std over seeds.", ""]
         lines += report.markdown_table(headers, body).splitlines()
         return "\n".join(lines + ["", paper.get("notes", ""), ""])
 

@@ -77,7 +77,7 @@ def test_run_table2_writes_report_csv_and_mlflow_run(capsys, paths):
     assert run.data.metrics["large.total"] == 672_702_464
     assert abs(run.data.metrics["giant.v_ffn.delta_pct"]) < 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert artifacts == {"config.json", "table2.md", "table2.csv"}
+    assert artifacts == {"config.json", "table2.md", "table2.csv", "table_result.json"}
     assert (tmp_path / "mlruns").is_dir()  # artifacts beside the store
 
 
