@@ -19,14 +19,15 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from harness.ablation import SWITCHES, AblationError, ablation_label, parse_ablation
 from harness.experiments import RECIPE_NAMES, check_recipe
 from harness.profiles import PROFILES, Profile, UnknownNameError, get_profile, list_profiles
 from harness.reporting import FORMATS, ReportError, parse_formats, report_tables
 from harness.tables import (
-    CAPTIONS,
     RunOptions,
     TableNotImplementedError,
     TableSpec,
+    captions,
     get_table,
     list_tables,
     run_table,
@@ -48,10 +49,10 @@ def _examples(*lines: str) -> str:
 # ----------------------------------------------------------------------------- list
 def _list_tables() -> list[str]:
     available = set(list_tables())
-    width = max(len(n) for n in CAPTIONS)
+    width = max(len(n) for n in captions())
     return [
         f"{name:<{width}}  {'available' if name in available else 'not yet available':<17}  {caption}"
-        for name, caption in CAPTIONS.items()
+        for name, caption in captions().items()
     ]
 
 
@@ -109,6 +110,8 @@ def _print_plan(specs: Sequence[TableSpec], profile: Profile, options: RunOption
         config = table_config(spec, profile, options)
         print(f"{spec.name}: {spec.title}")
         print(f"  profile {profile.name}, {len(plan)} experiment(s), table config {config_hash(config)[:12]}")
+        if options.ablation:
+            print(f"  ablation {ablation_label(options.ablation)} (every recipe's pretraining)")
         for exp in plan:
             seed = "-" if exp.seed is None else exp.seed
             print(f"  - {exp.name}  task={exp.task}  seed={seed}  config={exp.config_hash[:12]}")
@@ -117,13 +120,14 @@ def _print_plan(specs: Sequence[TableSpec], profile: Profile, options: RunOption
 
 
 def run_options(args: argparse.Namespace, profile: Profile) -> RunOptions:
-    """``--seeds``, ``--recipes``, ``--nproc`` checked and combined with the profile's defaults."""
+    """``--seeds``, ``--recipes``, ``--nproc``, ``--ablation`` checked and combined with the profile's defaults."""
     seeds = profile.default_seeds if args.seeds is None else args.seeds
     recipes = tuple(r.strip() for r in args.recipes.split(",") if r.strip()) if args.recipes else RECIPE_NAMES
     for recipe in recipes:
         check_recipe(recipe)  # an unknown name lists the known ones (UnknownNameError)
+    ablation = parse_ablation(args.ablation)  # AblationError / UnknownNameError: exit 2 with the known switches
     try:
-        return RunOptions(seeds=seeds, recipes=recipes, nproc=args.nproc)
+        return RunOptions(seeds=seeds, recipes=recipes, nproc=args.nproc, ablation=ablation)
     except ValueError as err:
         raise UsageError(f"--{err}") from None
 
@@ -223,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
             "harness run table2 --dry-run",
             "harness run table4 --profile mini --seeds 3 --recipes beit3,none",
             "harness run table4 --profile mini --nproc 2   # each training run under torchrun",
+            "harness run compare --profile mini --seeds 3",
+            "harness run compare --profile mini --seeds 3 --ablation layout=paper --ablation vl_ffn=off",
         ),
     )
     p_run.add_argument("tables", nargs="+", metavar="TABLE", help="table names, e.g. table2 (see `harness list`)")
@@ -233,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--recipes", default=None, metavar="R1,R2",
                        help=f"what finetunes start from, comma-separated: {', '.join(RECIPE_NAMES)} "
                        "(none = random init; default: all)")
+    p_run.add_argument("--ablation", action="append", default=[], metavar="NAME=VALUE",
+                       help="change one pretraining knob alike in every recipe (repeatable; ablated runs get their "
+                       "own config hashes, finetunes descend from them): "
+                       + "; ".join(f"{name}: {switch.help}" for name, switch in SWITCHES.items()))
     p_run.add_argument("--nproc", type=int, default=1,
                        help="processes per training run; > 1 launches each under torchrun (default: 1)")
     p_run.add_argument("--dry-run", action="store_true", help="print the experiments the tables need and stop")
@@ -310,7 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return args.handler(args)
-    except (UnknownNameError, TableNotImplementedError, TrackingUnavailableError, UsageError, ReportError) as err:
+    except (UnknownNameError, TableNotImplementedError, TrackingUnavailableError, UsageError, AblationError,
+            ReportError) as err:
         print(f"harness: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from harness import tracking
+from harness.ablation import Ablation
 from harness.gitinfo import PACKAGE_ROOT
 from harness.profiles import Profile
 
@@ -90,24 +91,26 @@ class PretrainedSource:
     reference: bool = False
 
 
-SourceFactory = Callable[[Profile], PretrainedSource]
+SourceFactory = Callable[[Profile, Ablation], PretrainedSource]
 _SOURCES: dict[str, SourceFactory] = {}
 
 
 def register_pretrained_source(name: str, factory: SourceFactory) -> SourceFactory:
-    """Register ``factory(profile) -> PretrainedSource`` under ``name`` (tables run all of them)."""
+    """Register ``factory(profile, ablation) -> PretrainedSource`` under ``name`` (tables run all of them)."""
     if name in _SOURCES:
         raise KeyError(f"pretrained source {name!r} is already registered")
     _SOURCES[name] = factory
     return factory
 
 
-def pretrained_sources(profile: Profile, names: Sequence[str] | None = None) -> list[PretrainedSource]:
-    """The registered sources (all, or those called ``names``) for ``profile``, the reference source first."""
+def pretrained_sources(profile: Profile, names: Sequence[str] | None = None,
+                       ablation: Ablation = ()) -> list[PretrainedSource]:
+    """The registered sources (all, or those called ``names``) for ``profile`` and the pretraining
+    ``ablation`` (``harness.ablation``), the reference source first."""
     unknown = [n for n in names or () if n not in _SOURCES]
     if unknown:
         raise KeyError(f"no pretrained source {unknown[0]!r}; registered: {', '.join(_SOURCES)}")
-    sources = [factory(profile) for name, factory in _SOURCES.items() if names is None or name in names]
+    sources = [factory(profile, ablation) for name, factory in _SOURCES.items() if names is None or name in names]
     return sorted(sources, key=lambda s: not s.reference)
 
 
@@ -145,8 +148,12 @@ def random_init_checkpoint(model_name: str, seed: int = 0, root: Path | str | No
     return path
 
 
-def random_init_source(profile: Profile) -> PretrainedSource:
-    """A control without pretraining: the profile's BEiT-3 size with random weights (the ``none`` recipe)."""
+def random_init_source(profile: Profile, ablation: Ablation = ()) -> PretrainedSource:
+    """A control without pretraining: the profile's BEiT-3 size with random weights (the ``none`` recipe).
+
+    ``ablation`` is accepted and ignored: it changes pretraining, and the random init's vision branch is
+    the same ViT in either layout.
+    """
     model_name = profile_model_name(profile)
     return PretrainedSource(
         name="random_init",
@@ -172,16 +179,16 @@ def recipe_source(recipe: str) -> SourceFactory:
     ``resolve`` reuses a finished run with the same config hash, or runs the recipe.
     """
 
-    def factory(profile: Profile) -> PretrainedSource:
+    def factory(profile: Profile, ablation: Ablation = ()) -> PretrainedSource:
         from harness.config import train_config_hash
         from harness.experiments import ensure_recipe, recipe_configs
 
-        configs = recipe_configs(recipe, profile, PRETRAIN_SEED)
+        configs = recipe_configs(recipe, profile, PRETRAIN_SEED, ablation)
         last = configs[-1]
         overrides = dict(last.model_overrides)
 
         def resolve() -> Checkpoint:
-            record = ensure_recipe(recipe, profile, PRETRAIN_SEED)[-1]
+            record = ensure_recipe(recipe, profile, PRETRAIN_SEED, ablation=ablation)[-1]
             if not record.checkpoint or not Path(record.checkpoint).is_file():
                 raise FileNotFoundError(
                     f"pretraining run {record.run_id} ({record.name}) has no checkpoint on disk: "

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .ablation import Ablation, ablation_label, apply_ablation
 from .checkpointing import latest_checkpoint
 from .config import TrainConfig, load_train_config, train_config_hash
 from .gitinfo import PACKAGE_ROOT
@@ -72,27 +73,30 @@ def check_recipe(name: str) -> str:
     return name
 
 
-def recipe_configs(recipe: str, profile: Profile, seed: int = 0) -> list[TrainConfig]:
-    """The pretraining runs of ``recipe`` (one, or one per VLMo stage) scaled to ``profile``."""
+def recipe_configs(recipe: str, profile: Profile, seed: int = 0, ablation: Ablation = ()) -> list[TrainConfig]:
+    """The pretraining runs of ``recipe`` (one, or one per VLMo stage) scaled to ``profile``, with the
+    switches of ``ablation`` (``harness.ablation``) set alike in every stage."""
     if recipe not in RECIPES:
         raise unknown_name_error("pretraining recipe", recipe, RECIPES)
     configs = []
     for relative in RECIPES[recipe]:
         stage = Path(relative).stem.split("_")[-1] if recipe == "vlmo" else "mdm"
         overrides = {**profile.pretrain, "seed": seed, "profile": profile.name,
-                     "run_name": f"{recipe}-{stage}-{profile.name}-seed{seed}"}
-        cfg = fill_from_world(load_train_config(CONFIG_ROOT / relative, overrides))
+                     "run_name": "-".join(filter(None, [recipe, stage, profile.name, f"seed{seed}",
+                                                        ablation_label(ablation, "-")]))}
+        cfg = apply_ablation(fill_from_world(load_train_config(CONFIG_ROOT / relative, overrides)), ablation)
         if configs:  # a stage descends from the one before; its hash is known before anything runs
             cfg = dataclasses.replace(cfg, parent_config_hash=train_config_hash(configs[-1]))
         configs.append(cfg)
     return configs
 
 
-def pretraining_configs(profile: Profile, seeds: int, recipes: tuple[str, ...] = RECIPE_NAMES) -> list[TrainConfig]:
+def pretraining_configs(profile: Profile, seeds: int, recipes: tuple[str, ...] = RECIPE_NAMES,
+                        ablation: Ablation = ()) -> list[TrainConfig]:
     """Every pretraining run of every recipe in ``recipes`` (``none`` has none) and seed: what tables
     built on table3 plan first."""
     return [cfg for recipe in RECIPES if recipe in recipes for seed in range(seeds)
-            for cfg in recipe_configs(recipe, profile, seed)]
+            for cfg in recipe_configs(recipe, profile, seed, ablation)]
 
 
 def derive(cfg: TrainConfig, parent: RunRecord | None) -> TrainConfig:
@@ -169,10 +173,10 @@ def launch_torchrun(cfg: TrainConfig, nproc: int) -> None:
         os.unlink(path)
 
 
-def ensure_recipe(recipe: str, profile: Profile, seed: int = 0, *, tracking_uri: str | None = None,
-                  nproc: int = 1) -> list[RunRecord]:
+def ensure_recipe(recipe: str, profile: Profile, seed: int = 0, *, ablation: Ablation = (),
+                  tracking_uri: str | None = None, nproc: int = 1) -> list[RunRecord]:
     """All runs of a pretraining recipe, each stage starting from the one before."""
     records: list[RunRecord] = []
-    for cfg in recipe_configs(recipe, profile, seed):
+    for cfg in recipe_configs(recipe, profile, seed, ablation):
         records.append(ensure_run(cfg, records[-1] if records else None, tracking_uri=tracking_uri, nproc=nproc))
     return records

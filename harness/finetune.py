@@ -12,6 +12,7 @@ import torch
 
 import tasks
 
+from .ablation import Ablation, ablation_label
 from .config import TrainConfig, build_train_config, train_config_hash
 from .experiments import RECIPE_NAMES, RunRecord, check_recipe, ensure_recipe, ensure_run, recipe_configs
 from .profiles import Profile
@@ -51,9 +52,11 @@ class FinetuneResult:
     parents: tuple[RunRecord, ...] = ()
 
 
-def _architecture(recipe: str, profile: Profile) -> tuple[str, dict[str, Any], str]:
-    """Backbone name, architecture overrides and planned parent hash of the pretraining ``recipe``."""
-    source = recipe_configs("beit3" if recipe == "none" else recipe, profile)[-1]
+def _architecture(recipe: str, profile: Profile, seed: int = 0,
+                  ablation: Ablation = ()) -> tuple[str, dict[str, Any], str]:
+    """Backbone name, architecture overrides and planned parent hash of the pretraining ``recipe``
+    of ``seed`` (``none``: BEiT-3's architecture, ablated alike, without its weights)."""
+    source = recipe_configs("beit3" if recipe == "none" else recipe, profile, seed, ablation)[-1]
     architecture = {k: v for k, v in source.model_overrides.items() if k not in NOT_ARCHITECTURE}
     parent_hash = "" if recipe == "none" else train_config_hash(source)
     return source.model, architecture, parent_hash
@@ -61,13 +64,14 @@ def _architecture(recipe: str, profile: Profile) -> tuple[str, dict[str, Any], s
 
 def finetune_config(task: str, recipe: str, profile: Profile, seed: int = 0,
                     variant: dict[str, Any] | None = None, model_variant: dict[str, Any] | None = None,
-                    after: TrainConfig | None = None) -> TrainConfig:
+                    after: TrainConfig | None = None, ablation: Ablation = ()) -> TrainConfig:
     """The finetune of ``task`` after pretraining ``recipe`` under ``profile`` (official values, scaled).
 
     ``variant`` holds data settings and ``model_variant`` model settings that make another experiment
     of the same task, e.g. ``{"dataset": "flickr30k"}`` for retrieval or ``{"classifier": "retrieval"}``
     for ImageNet; their values name the run. ``after`` is a finetune of the same task this one
-    continues from (retrieval after the intermediate ITC stage): its weights load whole.
+    continues from (retrieval after the intermediate ITC stage): its weights load whole. ``ablation``
+    (``harness.ablation``) is the one of the pretraining it descends from.
     """
     check_recipe(recipe)
     if not profile.finetune:
@@ -77,7 +81,7 @@ def finetune_config(task: str, recipe: str, profile: Profile, seed: int = 0,
         )
     official = official_recipe(task, variant)
     scale = {**profile.finetune.get("common", {}), **profile.finetune.get(task, {})}
-    model, architecture, parent_hash = _architecture(recipe, profile)
+    model, architecture, parent_hash = _architecture(recipe, profile, seed, ablation)
     if after is not None:
         if after.task != task:
             raise ValueError(f"a {task} finetune can continue only from a {task} run, not from {after.task}")
@@ -102,7 +106,8 @@ def finetune_config(task: str, recipe: str, profile: Profile, seed: int = 0,
         clip_grad=float(official.get("clip_grad") or 0.0), init_drop=[] if recipe == "none" or after else drop,
         parent_config_hash=parent_hash, seed=seed, profile=profile.name, experiment=FINETUNE_EXPERIMENT,
         run_name="-".join([task, *map(str, {**(variant or {}), **(model_variant or {})}.values()), recipe,
-                           *(["after-itc"] if after is not None else []), profile.name, f"seed{seed}"]),
+                           *(["after-itc"] if after is not None else []), profile.name, f"seed{seed}",
+                           *([ablation_label(ablation, "-")] if ablation else [])]),
     )
     values.update(scale)
     return build_train_config(values, source=f"finetune {task} ({profile.name})")
@@ -123,18 +128,20 @@ def count_classes(data: dict[str, Any]) -> int:
 
 def ensure_finetune(task: str, recipe: str, profile: Profile, seed: int = 0, *,
                     variant: dict[str, Any] | None = None, model_variant: dict[str, Any] | None = None,
-                    after_itc: bool = False, tracking_uri: str | None = None, nproc: int = 1) -> FinetuneResult:
+                    after_itc: bool = False, ablation: Ablation = (), tracking_uri: str | None = None,
+                    nproc: int = 1) -> FinetuneResult:
     """Pretrain (or reuse), finetune (or reuse) and evaluate (or reuse the logged evaluation).
 
     ``after_itc``: retrieval continues from the intermediate ITC stage (paper App. A), itself a run
-    descending from the pretraining recipe. ``nproc`` > 1 trains each run under torchrun.
+    descending from the pretraining recipe. ``ablation``: the pretraining's (``harness.ablation``).
+    ``nproc`` > 1 trains each run under torchrun.
     """
-    parents = ensure_parents(recipe, profile, seed, tracking_uri, nproc)
+    parents = ensure_parents(recipe, profile, seed, tracking_uri, nproc, ablation)
     after = None
     if after_itc:
-        after = itc_config(recipe, profile, seed)
+        after = itc_config(recipe, profile, seed, ablation)
         parents += (ensure_run(after, parents[-1] if parents else None, tracking_uri=tracking_uri, nproc=nproc),)
-    cfg = finetune_config(task, recipe, profile, seed, variant, model_variant, after)
+    cfg = finetune_config(task, recipe, profile, seed, variant, model_variant, after, ablation)
     record = ensure_run(cfg, parents[-1] if parents else None, tracking_uri=tracking_uri, nproc=nproc)
     wanted = EVAL_SPLITS[task]
     metrics = {k: v for k, v in record.metrics.items() if k.startswith("eval.")}
@@ -144,24 +151,26 @@ def ensure_finetune(task: str, recipe: str, profile: Profile, seed: int = 0, *,
     return FinetuneResult(task, recipe, record, metrics, parents)
 
 
-def itc_config(recipe: str, profile: Profile, seed: int = 0) -> TrainConfig:
+def itc_config(recipe: str, profile: Profile, seed: int = 0, ablation: Ablation = ()) -> TrainConfig:
     """The intermediate ITC stage (paper App. A): retrieval's contrastive loss on the pretraining pairs."""
-    return finetune_config("retrieval", recipe, profile, seed, variant=ITC_VARIANT)
+    return finetune_config("retrieval", recipe, profile, seed, variant=ITC_VARIANT, ablation=ablation)
 
 
 def ensure_parents(recipe: str, profile: Profile, seed: int, tracking_uri: str | None,
-                   nproc: int = 1) -> tuple[RunRecord, ...]:
+                   nproc: int = 1, ablation: Ablation = ()) -> tuple[RunRecord, ...]:
     """The pretraining runs a finetune descends from (none for ``recipe="none"``)."""
     check_recipe(recipe)
-    return tuple(ensure_recipe(recipe, profile, seed, tracking_uri=tracking_uri, nproc=nproc)) if recipe != "none" else ()
+    if recipe == "none":
+        return ()
+    return tuple(ensure_recipe(recipe, profile, seed, ablation=ablation, tracking_uri=tracking_uri, nproc=nproc))
 
 
-def zero_shot_retrieval(recipe: str, dataset: str, profile: Profile, seed: int = 0, *,
+def zero_shot_retrieval(recipe: str, dataset: str, profile: Profile, seed: int = 0, *, ablation: Ablation = (),
                         tracking_uri: str | None = None, nproc: int = 1) -> FinetuneResult:
     """The ITC-stage model scored on ``dataset``'s test split without finetuning on it (Table 6);
     logged into the ITC run as ``zeroshot.<dataset>.test.<metric>``."""
-    parents = ensure_parents(recipe, profile, seed, tracking_uri, nproc)
-    cfg = itc_config(recipe, profile, seed)
+    parents = ensure_parents(recipe, profile, seed, tracking_uri, nproc, ablation)
+    cfg = itc_config(recipe, profile, seed, ablation)
     record = ensure_run(cfg, parents[-1] if parents else None, tracking_uri=tracking_uri, nproc=nproc)
     prefix = f"zeroshot.{dataset}"
     metrics = {k: v for k, v in record.metrics.items() if k.startswith(prefix + ".")}
@@ -196,9 +205,9 @@ def evaluate_run(cfg: TrainConfig, record: RunRecord, splits: list[str], trackin
 
 
 def plan_finetunes(experiments: tuple[tuple, ...], profile: Profile, seeds: int,
-                   recipes: tuple[str, ...] = RECIPE_NAMES) -> list[TrainConfig]:
+                   recipes: tuple[str, ...] = RECIPE_NAMES, ablation: Ablation = ()) -> list[TrainConfig]:
     """Every (task, recipe, seed) finetune a table needs, as configs (for ``--dry-run``);
     ``experiments`` are (task, variant[, model_variant]) tuples."""
-    return [finetune_config(spec[0], recipe, profile, seed, *spec[1:])
+    return [finetune_config(spec[0], recipe, profile, seed, *spec[1:], ablation=ablation)
             for spec in experiments for recipe in recipes for seed in range(seeds)]
 

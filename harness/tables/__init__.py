@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from harness import report, tracking
+from harness.ablation import Ablation, ablation_label, check_ablation
 from harness.experiments import RECIPE_NAMES, check_recipe
 from harness.gitinfo import PACKAGE_ROOT
 from harness.profiles import Profile, unknown_name_error
@@ -48,6 +49,16 @@ CAPTIONS: dict[str, str] = {
     "table9": "Top-1 accuracy on ImageNet-1K",
     "table10": "Finetuning results of image-text retrieval on COCO and Flickr30K without intermediate finetuning",
 }
+# Tables of the harness's own, with no counterpart in the paper (and no results/paper file): listed
+# after the paper's.
+HARNESS_CAPTIONS: dict[str, str] = {
+    "compare": "BEiT-3 MDM vs VLMo staged vs no pretraining at equal compute, on every vision-language task",
+}
+
+
+def captions() -> dict[str, str]:
+    """Every table's caption: the paper's in the paper's order, then the harness's own."""
+    return {**CAPTIONS, **HARNESS_CAPTIONS}
 
 
 class TableNotImplementedError(NotImplementedError):
@@ -57,18 +68,21 @@ class TableNotImplementedError(NotImplementedError):
 # ----------------------------------------------------------------------------- data types
 @dataclass(frozen=True)
 class RunOptions:
-    """How a table's experiments run (``harness run --seeds --recipes --nproc``).
+    """How a table's experiments run (``harness run --seeds --recipes --nproc --ablation``).
 
     Args:
         options: seeds, recipes, processes per training run.
         recipes: what finetunes start from: pretraining recipes (``beit3``, ``vlmo``) and ``none``
             (random init); tables built on pretraining run only these.
         nproc: processes per training run; more than one launches each run under torchrun.
+        ablation: ``(name, value)`` switches set alike in every recipe's pretraining
+            (``harness.ablation``); given as pairs or a mapping, kept in canonical form.
     """
 
     seeds: int = 1
     recipes: tuple[str, ...] = RECIPE_NAMES
     nproc: int = 1
+    ablation: Ablation = ()
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
@@ -81,6 +95,7 @@ class RunOptions:
             check_recipe(recipe)
         # The order of the recipes is the display order; keep the canonical one.
         object.__setattr__(self, "recipes", tuple(r for r in RECIPE_NAMES if r in self.recipes))
+        object.__setattr__(self, "ablation", check_ablation(self.ablation))
 
     @property
     def pretraining_recipes(self) -> tuple[str, ...]:
@@ -341,28 +356,28 @@ _SpecT = TypeVar("_SpecT", bound=type[TableSpec])
 
 def register_table(name: str) -> Callable[[_SpecT], _SpecT]:
     """Class decorator: registers one instance of a ``TableSpec`` subclass under ``name``."""
-    if name not in CAPTIONS:
-        raise ValueError(f"{name!r} is not a table of the paper; known: {', '.join(CAPTIONS)}")
+    if name not in captions():
+        raise ValueError(f"{name!r} is neither a table of the paper nor of the harness; known: {', '.join(captions())}")
 
     def decorator(cls: _SpecT) -> _SpecT:
         if name in _TABLES:
             raise KeyError(f"table {name!r} is already registered (by {type(_TABLES[name]).__name__})")
-        _TABLES[name] = cls(name=name, title=CAPTIONS[name])
+        _TABLES[name] = cls(name=name, title=captions()[name])
         return cls
 
     return decorator
 
 
 def list_tables(available_only: bool = True) -> list[str]:
-    """Names of the registered tables, or of all the paper's tables, in the paper's order."""
-    return [n for n in CAPTIONS if n in _TABLES or not available_only]
+    """Names of the registered tables, or of all tables, in the paper's order (the harness's own last)."""
+    return [n for n in captions() if n in _TABLES or not available_only]
 
 
 def get_table(name: str) -> TableSpec:
     """The registered spec of table ``name``.
 
     Raises:
-        UnknownNameError: (a KeyError) ``name`` is no table of the paper; lists the known ones.
+        UnknownNameError: (a KeyError) ``name`` is no table of the paper or the harness; lists the known ones.
         TableNotImplementedError: the paper has the table but the harness cannot regenerate it yet.
     """
     if name in _TABLES:
@@ -372,7 +387,7 @@ def get_table(name: str) -> TableSpec:
             f"{name} ({CAPTIONS[name]}) is not implemented yet; available tables: "
             f"{', '.join(list_tables())}."
         )
-    raise unknown_name_error("table", name, CAPTIONS)
+    raise unknown_name_error("table", name, captions())
 
 
 # ----------------------------------------------------------------------------- running
@@ -388,10 +403,11 @@ class TableOutputs:
 
 
 def table_config(spec: TableSpec, profile: Profile, options: RunOptions) -> dict[str, Any]:
-    """The config of a table's own MLflow run: the table, the profile and its planned experiments."""
+    """The config of a table's own MLflow run: the table, the profile (and ablation) and its planned experiments."""
     return {
         "table": spec.name,
         "profile": profile.name,
+        **({"ablation": dict(options.ablation)} if options.ablation else {}),
         "experiments": {
             e.name: {"task": e.task, "seed": e.seed, "config_hash": e.config_hash, "config": dict(e.config)}
             for e in spec.plan(profile, options)
@@ -434,7 +450,7 @@ def run_table(
     results_dir: Path | str,
     tracking_uri: str,
 ) -> TableOutputs:
-    """Runs one table and records it (experiment ``beit3-tables``, run ``<table>-<profile>``).
+    """Runs one table and records it (experiment ``beit3-tables``, run ``<table>-<profile>[-<ablation>]``).
 
     The metrics are the measured numbers (``<group>.<component>``) and, where the paper has the
     figure, ``<group>.<component>.delta_pct``; the markdown and CSV are also run artifacts, and so
@@ -465,9 +481,9 @@ def run_table(
 def _run_and_record(spec, profile, options, config, paper, out_dir, results_dir, tracking_uri) -> TableOutputs:
     with tracking.start_run(
         TABLES_EXPERIMENT,
-        f"{spec.name}-{profile.name}",
+        "-".join(filter(None, [spec.name, profile.name, ablation_label(options.ablation, "-")])),
         config,
-        tags={"table": spec.name},
+        tags={"table": spec.name, **({"ablation": ablation_label(options.ablation)} if options.ablation else {})},
         tracking_uri=tracking_uri,
     ) as run:
         result = spec.run(profile, options)
@@ -490,3 +506,4 @@ def _run_and_record(spec, profile, options, config, paper, out_dir, results_dir,
 
 # Importing the spec modules registers them (as timm's models/__init__ does).
 from harness.tables import table2, table3, table4, table7, table8, table9, table10  # noqa: E402,F401  (table10 also registers 5, 6)
+from harness.tables import compare_recipes  # noqa: E402,F401  (registers compare)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from harness import report
+from harness.ablation import Ablation
 from harness.experiments import pretraining_configs
 from harness.finetune import (
     FinetuneResult,
@@ -37,21 +38,24 @@ class Table10(TableSpec):
     intro = "Retrieval finetuned directly from each pretraining recipe (no intermediate ITC stage)"
 
     def plan(self, profile: Profile, options: RunOptions) -> list[Experiment]:
-        pretraining = pretraining_configs(profile, options.seeds, options.recipes)
+        pretraining = pretraining_configs(profile, options.seeds, options.recipes, options.ablation)
         pairs = tuple(("retrieval", {"dataset": dataset}) for dataset in self.datasets)
-        return experiments_of(pretraining + plan_finetunes(pairs, profile, options.seeds, options.recipes), profile)
+        finetunes = plan_finetunes(pairs, profile, options.seeds, options.recipes, options.ablation)
+        return experiments_of(pretraining + finetunes, profile)
 
     def measure(self, recipe: str, dataset: str, profile: Profile, seed: int,
-                nproc: int = 1) -> tuple[FinetuneResult, str]:
+                nproc: int = 1, ablation: Ablation = ()) -> tuple[FinetuneResult, str]:
         """The run behind one row and the prefix of its metrics."""
-        return ensure_finetune("retrieval", recipe, profile, seed, variant={"dataset": dataset}, nproc=nproc), "eval.test"
+        result = ensure_finetune("retrieval", recipe, profile, seed, variant={"dataset": dataset}, ablation=ablation,
+                                 nproc=nproc)
+        return result, "eval.test"
 
     def run(self, profile: Profile, options: RunOptions) -> TableResult:
         rows, annotations = [], {}
         for recipe in options.recipes:
             for seed in range(options.seeds):
                 for dataset in self.datasets:
-                    result, prefix = self.measure(recipe, dataset, profile, seed, options.nproc)
+                    result, prefix = self.measure(recipe, dataset, profile, seed, options.nproc, options.ablation)
                     annotations[f"{recipe}.seed{seed}.{dataset}"] = f"`{result.run.run_id[:8]}` ({result.run.status})"
                     for recall in RECALLS:
                         value = result.metrics[f"{prefix}.{recall}"]
@@ -95,17 +99,19 @@ class Table5(Table10):
     intro = "Retrieval finetuned after the intermediate ITC stage (pretraining pairs, paper App. A)"
 
     def plan(self, profile: Profile, options: RunOptions) -> list[Experiment]:
-        pretraining = pretraining_configs(profile, options.seeds, options.recipes)
+        ablation = options.ablation
+        pretraining = pretraining_configs(profile, options.seeds, options.recipes, ablation)
         seeds = range(options.seeds)
-        itc = [itc_config(r, profile, s) for r in options.recipes for s in seeds]
-        finetunes = [finetune_config("retrieval", r, profile, s, {"dataset": d}, None, itc_config(r, profile, s))
+        itc = [itc_config(r, profile, s, ablation) for r in options.recipes for s in seeds]
+        finetunes = [finetune_config("retrieval", r, profile, s, {"dataset": d}, None,
+                                     itc_config(r, profile, s, ablation), ablation)
                      for r in options.recipes for s in seeds for d in self.datasets]
         return experiments_of(pretraining + itc + finetunes, profile)
 
     def measure(self, recipe: str, dataset: str, profile: Profile, seed: int,
-                nproc: int = 1) -> tuple[FinetuneResult, str]:
+                nproc: int = 1, ablation: Ablation = ()) -> tuple[FinetuneResult, str]:
         result = ensure_finetune("retrieval", recipe, profile, seed, variant={"dataset": dataset}, after_itc=True,
-                                 nproc=nproc)
+                                 ablation=ablation, nproc=nproc)
         return result, "eval.test"
 
 
@@ -117,13 +123,14 @@ class Table6(Table10):
     intro = "Zero-shot: the ITC-stage model of each recipe, scored on Flickr30K without finetuning on it"
 
     def plan(self, profile: Profile, options: RunOptions) -> list[Experiment]:
-        pretraining = pretraining_configs(profile, options.seeds, options.recipes)
-        return experiments_of(pretraining + [itc_config(r, profile, s) for r in options.recipes
+        pretraining = pretraining_configs(profile, options.seeds, options.recipes, options.ablation)
+        return experiments_of(pretraining + [itc_config(r, profile, s, options.ablation) for r in options.recipes
                                            for s in range(options.seeds)], profile)
 
     def measure(self, recipe: str, dataset: str, profile: Profile, seed: int,
-                nproc: int = 1) -> tuple[FinetuneResult, str]:
-        return zero_shot_retrieval(recipe, dataset, profile, seed, nproc=nproc), f"zeroshot.{dataset}.test"
+                nproc: int = 1, ablation: Ablation = ()) -> tuple[FinetuneResult, str]:
+        result = zero_shot_retrieval(recipe, dataset, profile, seed, ablation=ablation, nproc=nproc)
+        return result, f"zeroshot.{dataset}.test"
 
 
 def chance_rows(profile: Profile) -> list[ResultRow]:

@@ -16,6 +16,7 @@ import re
 from typing import Any, Iterable, Mapping
 
 from harness import report
+from harness.ablation import AblationError
 from harness.profiles import Profile
 from harness.tables import (
     ComparisonRow,
@@ -162,6 +163,9 @@ class Table2(TableSpec):
     """Model configuration of BEiT-3 and its parameters per component (no training involved)."""
 
     def plan(self, profile: Profile, options: RunOptions) -> list[Experiment]:
+        if options.ablation:
+            raise AblationError("table2 counts fixed model configurations and trains nothing: --ablation does "
+                                "not apply to it")
         # One deterministic computation whatever the profile: no seeds, and a profile-free config.
         config = {"count": "numel of named_parameters on the meta device", "models": MODELS,
                   "mim_codebook_size": MIM_CODEBOOK_SIZE}

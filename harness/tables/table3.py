@@ -26,7 +26,7 @@ def _sum(records: list[RunRecord], key: str) -> float:
 @register_table("table3")
 class Table3(TableSpec):
     def plan(self, profile: Profile, options: RunOptions) -> list[Experiment]:
-        return experiments_of(pretraining_configs(profile, options.seeds, options.recipes), profile)
+        return experiments_of(pretraining_configs(profile, options.seeds, options.recipes, options.ablation), profile)
 
     def run(self, profile: Profile, options: RunOptions) -> TableResult:
         rows: list[ResultRow] = []
@@ -35,7 +35,7 @@ class Table3(TableSpec):
         for recipe in options.pretraining_recipes:
             groups[recipe] = RECIPE_TITLES[recipe]
             for seed in range(options.seeds):
-                records = ensure_recipe(recipe, profile, seed, nproc=options.nproc)
+                records = ensure_recipe(recipe, profile, seed, ablation=options.ablation, nproc=options.nproc)
                 prefix = f"seed{seed}."
                 annotations[f"{recipe}.{prefix}runs"] = ", ".join(f"`{r.run_id[:8]}` ({r.status})" for r in records)
                 values = {

@@ -56,15 +56,18 @@ def prior_rows(profile: Profile) -> list[ResultRow]:
 @register_table("table4")
 class Table4(TableSpec):
     def plan(self, profile: Profile, options: RunOptions) -> list[Experiment]:
-        finetunes = plan_finetunes(tuple((task, None) for task in TASKS), profile, options.seeds, options.recipes)
-        return experiments_of(pretraining_configs(profile, options.seeds, options.recipes) + finetunes, profile)
+        finetunes = plan_finetunes(tuple((task, None) for task in TASKS), profile, options.seeds, options.recipes,
+                                   options.ablation)
+        pretraining = pretraining_configs(profile, options.seeds, options.recipes, options.ablation)
+        return experiments_of(pretraining + finetunes, profile)
 
     def run(self, profile: Profile, options: RunOptions) -> TableResult:
         rows, annotations = [], {}
         for recipe in options.recipes:
             for seed in range(options.seeds):
                 for task in TASKS:
-                    result = ensure_finetune(task, recipe, profile, seed, nproc=options.nproc)
+                    result = ensure_finetune(task, recipe, profile, seed, ablation=options.ablation,
+                                             nproc=options.nproc)
                     annotations[f"{recipe}.seed{seed}.{task}"] = f"`{result.run.run_id[:8]}` ({result.run.status})"
                     for key, value in result.metrics.items():
                         rows.append(ResultRow(recipe, f"seed{seed}.{key}", key, float(value)))

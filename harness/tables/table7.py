@@ -129,10 +129,12 @@ class Table7(TableSpec):
     """COCO box/mask AP of BEiT-3-initialised detectors, one row per pretraining recipe and head."""
 
     def plan(self, profile: Profile, options: RunOptions) -> list[Experiment]:
-        return plan_experiments(self.name, profile, options.seeds, dense.pretrained_sources(profile, options.recipes))
+        sources = dense.pretrained_sources(profile, options.recipes, options.ablation)
+        return plan_experiments(self.name, profile, options.seeds, sources)
 
     def run(self, profile: Profile, options: RunOptions) -> TableResult:
-        return measure(self.name, profile, options.seeds, dense.pretrained_sources(profile, options.recipes))
+        return measure(self.name, profile, options.seeds, dense.pretrained_sources(profile, options.recipes,
+                                                                                    options.ablation))
 
     def render(self, result: TableResult, paper: Mapping[str, Any]) -> str:
         summary = (

@@ -109,10 +109,12 @@ class Table8(TableSpec):
     """ADE20K mIoU (single- and multi-scale) of BEiT-3-initialised segmentors."""
 
     def plan(self, profile: Profile, options: RunOptions) -> list[Experiment]:
-        return plan_experiments(self.name, profile, options.seeds, dense.pretrained_sources(profile, options.recipes))
+        sources = dense.pretrained_sources(profile, options.recipes, options.ablation)
+        return plan_experiments(self.name, profile, options.seeds, sources)
 
     def run(self, profile: Profile, options: RunOptions) -> TableResult:
-        return measure(self.name, profile, options.seeds, dense.pretrained_sources(profile, options.recipes))
+        return measure(self.name, profile, options.seeds, dense.pretrained_sources(profile, options.recipes,
+                                                                                    options.ablation))
 
     def render(self, result: TableResult, paper: Mapping[str, Any]) -> str:
         summary = (

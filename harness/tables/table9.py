@@ -24,8 +24,9 @@ MAJORITY_TITLE = "majority class (the world's baseline)"
 class Table9(TableSpec):
     def plan(self, profile: Profile, options: RunOptions) -> list[Experiment]:
         specs = tuple(("imagenet", None, {"classifier": mode}) for mode in CLASSIFIERS)
-        finetunes = plan_finetunes(specs, profile, options.seeds, options.recipes)
-        return experiments_of(pretraining_configs(profile, options.seeds, options.recipes) + finetunes, profile)
+        finetunes = plan_finetunes(specs, profile, options.seeds, options.recipes, options.ablation)
+        pretraining = pretraining_configs(profile, options.seeds, options.recipes, options.ablation)
+        return experiments_of(pretraining + finetunes, profile)
 
     def run(self, profile: Profile, options: RunOptions) -> TableResult:
         rows, annotations = [], {}
@@ -33,7 +34,7 @@ class Table9(TableSpec):
             for seed in range(options.seeds):
                 for mode in CLASSIFIERS:
                     result = ensure_finetune("imagenet", recipe, profile, seed, model_variant={"classifier": mode},
-                                             nproc=options.nproc)
+                                             ablation=options.ablation, nproc=options.nproc)
                     annotations[f"{recipe}.seed{seed}.{mode}"] = f"`{result.run.run_id[:8]}` ({result.run.status})"
                     for metric in ("acc1", "acc5"):
                         value = result.metrics[f"eval.test.{metric}"]
