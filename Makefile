@@ -9,7 +9,7 @@ PIP       := $(PY) -m pip
 PIP_QUIET := --quiet --disable-pip-version-check
 STAMP     := $(VENV)/.installed
 PROFILE   ?= mini
-TABLE     ?= table3
+TABLE     ?= table4
 PYTEST_ARGS ?=
 
 .PHONY: setup main test test-fast bench clean-venv
@@ -34,6 +34,7 @@ $(STAMP): pyproject.toml Makefile scripts/build_mmcv.sh
 
 main: setup
 	$(VENV)/bin/harness run $(TABLE) --profile $(PROFILE)
+	$(VENV)/bin/harness report $(TABLE) --profile $(PROFILE)
 
 test: setup
 	$(PY) -m pytest -q -rfEs $(PYTEST_ARGS)

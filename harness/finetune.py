@@ -32,15 +32,45 @@ ITC_VARIANT = {"source": "pretraining_pairs"}
 NOT_ARCHITECTURE = ("num_visual_tokens", "init", "drop_path_rate")
 
 
-def official_recipe(task: str, variant: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The official base-size recipe of ``task`` (retrieval: of the ``variant``'s data set)."""
+def official_recipe(task: str, variant: dict[str, Any] | None = None, size: str = "base") -> dict[str, Any]:
+    """The official recipe of ``task`` for a ``size`` model (retrieval: of the ``variant``'s data set).
+
+    ``base``/``large``: the released get_started guides; ``giant``: the paper's Tables 12-17 over the
+    base recipe's remaining fields (head lr multiplier, text length, RandAugment). Smaller sizes
+    (``tiny``) take the base recipe, which profiles scale.
+    """
     module = tasks.task_module(task)
+    dataset = (variant or {}).get("dataset", "coco")
     if task == "retrieval" and (variant or {}).get("source") == "pretraining_pairs":
         return dict(module.ITC_RECIPE)
+    if size == "giant":
+        base = official_recipe(task, variant, "base")
+        if task == "captioning":
+            paper = module.CAPTIONING_RECIPES["giant"]
+        else:
+            paper = module.PAPER_RECIPES["giant" if task != "retrieval" or dataset == "coco" else f"giant_{dataset}"]
+        if "steps" in paper:  # captioning's giant schedule is in steps, not epochs
+            base = {k: v for k, v in base.items() if k not in ("epochs", "warmup_epochs")}
+        return {**base, **paper}
+    size = size if size in ("base", "large") else "base"
     if task == "retrieval":
-        return dict(module.recipe("base", (variant or {}).get("dataset", "coco")))
+        return dict(module.recipe(size, dataset))
     recipes = getattr(module, "RECIPES", None) or getattr(module, "CAPTIONING_RECIPES")
-    return dict(recipes["base"])
+    return dict(recipes[size])
+
+
+def official_schedule(official: dict[str, Any], scale: dict[str, Any]) -> dict[str, Any]:
+    """The official length and total batch, where the profile does not scale them: epochs (steps for
+    captioning at giant size) and the global batch, turned into steps per rank at launch."""
+    schedule: dict[str, Any] = {}
+    if "max_steps" not in scale:
+        if "steps" in official:
+            schedule.update(max_steps=int(official["steps"]), warmup_steps=int(official.get("warmup_steps", 0)))
+        else:
+            schedule.update(epochs=float(official["epochs"]), warmup_epochs=float(official.get("warmup_epochs", 0)))
+    if "batch_size" not in scale.get("data", {}):
+        schedule["global_batch_size"] = int(official["batch_size"])
+    return schedule
 
 
 @dataclass(frozen=True)
@@ -74,28 +104,31 @@ def finetune_config(task: str, recipe: str, profile: Profile, seed: int = 0,
     (``harness.ablation``) is the one of the pretraining it descends from.
     """
     check_recipe(recipe)
-    if not profile.finetune:
-        raise ValueError(
-            f"profile {profile.name!r} has no finetuning scale: on real data, launch each task's official "
-            "recipe with `python -m harness.train` / torchrun (see README)"
-        )
-    official = official_recipe(task, variant)
     scale = {**profile.finetune.get("common", {}), **profile.finetune.get(task, {})}
     model, architecture, parent_hash = _architecture(recipe, profile, seed, ablation)
+    official = official_recipe(task, variant, size=model.split("_")[1])
+    schedule = official_schedule(official, scale)
     if after is not None:
         if after.task != task:
             raise ValueError(f"a {task} finetune can continue only from a {task} run, not from {after.task}")
         model, parent_hash = after.model, train_config_hash(after)
         architecture = {k: v for k, v in after.model_overrides.items() if k not in NOT_ARCHITECTURE}
+    # Real data finetunes at the recipe's resolution (position table interpolated on load); the
+    # synthetic worlds keep the pretraining resolution unless the profile overrides it.
+    if "img_size" in official and (not profile.synthetic or "img_size" not in architecture):
+        architecture["img_size"] = official["img_size"]
     model_overrides = {**architecture, "drop_path_rate": official.get("drop_path", 0.1), **scale.pop("model_overrides", {}),
                        **(model_variant or {})}
-    data = {"root": profile.pretrain["data"]["root"], **scale.pop("data", {}), **(variant or {})}
-    if task == "vqav2":  # the head has one output per answer of the vocabulary built from the data
+    data = {"root": data_root(profile, task, variant), **scale.pop("data", {}), **(variant or {})}
+    # Head sizes: a world's from its data; real data's the official ones (3129 answers, 1000 classes),
+    # which the data readers check against the head at launch.
+    if task == "vqav2":
         from .train import resolve_data_root
 
-        model_overrides["num_classes"] = len(tasks.task_module(task).answer_vocab(resolve_data_root(data)))
+        model_overrides["num_classes"] = (len(tasks.task_module(task).answer_vocab(resolve_data_root(data)))
+                                          if profile.synthetic else int(official["num_classes"]))
     if task == "imagenet" and model_overrides.get("classifier", "linear") == "linear":
-        model_overrides["num_classes"] = count_classes(data)
+        model_overrides["num_classes"] = count_classes(data) if profile.synthetic else int(official["num_classes"])
     with torch.device("meta"):
         drop = list(tasks.build_model(task, model, **model_overrides).pretrained_drop_patterns())
     values = dict(
@@ -103,7 +136,7 @@ def finetune_config(task: str, recipe: str, profile: Profile, seed: int = 0,
         lr=official["lr"], min_lr=official.get("min_lr", 1e-6), layer_decay=official.get("layer_decay", 1.0),
         head_lr_scale=float(official.get("head_lr_weight") or 1.0), weight_decay=official.get("weight_decay", 0.05),
         betas=tuple(official.get("opt_betas", (0.9, 0.999))), eps=official.get("opt_eps", 1e-8),
-        clip_grad=float(official.get("clip_grad") or 0.0), init_drop=[] if recipe == "none" or after else drop,
+        clip_grad=float(official.get("clip_grad") or 0.0), **schedule, init_drop=[] if recipe == "none" or after else drop,
         parent_config_hash=parent_hash, seed=seed, profile=profile.name, experiment=FINETUNE_EXPERIMENT,
         run_name="-".join([task, *map(str, {**(variant or {}), **(model_variant or {})}.values()), recipe,
                            *(["after-itc"] if after is not None else []), profile.name, f"seed{seed}",
@@ -111,6 +144,18 @@ def finetune_config(task: str, recipe: str, profile: Profile, seed: int = 0,
     )
     values.update(scale)
     return build_train_config(values, source=f"finetune {task} ({profile.name})")
+
+
+def data_root(profile: Profile, task: str, variant: dict[str, Any] | None) -> str:
+    """The world of a synthetic profile, else the real data set's folder from the profile's ``data_roots``
+    (retrieval: by ``variant`` data set or source)."""
+    if profile.synthetic:
+        return profile.pretrain["data"]["root"]
+    key = (variant or {}).get("source") or (variant or {}).get("dataset") or task
+    roots = profile.finetune.get("data_roots", {})
+    if key not in roots:
+        raise KeyError(f"profile {profile.name!r} names no data folder for {key!r} (its data_roots: {sorted(roots)})")
+    return roots[key]
 
 
 def count_classes(data: dict[str, Any]) -> int:

@@ -36,11 +36,37 @@ def test_finetune_config_takes_the_official_recipe_and_the_recipes_architecture(
         assert cfg.head_lr_scale == 20.0
 
 
-def test_unknown_recipe_and_unscaled_profile(sandbox):
+def test_unknown_recipe(sandbox):
     with pytest.raises(KeyError, match="unknown recipe 'clip'"):
         finetune_config("nlvr2", "clip", get_profile("smoke"))
-    with pytest.raises(ValueError, match="no finetuning scale"):
-        finetune_config("nlvr2", "beit3", get_profile("paper"))
+
+
+@pytest.mark.parametrize("task, variant, expected", [
+    ("vqav2", None, dict(img_size=756, lr=1e-5, epochs=10.0, warmup_epochs=1.0, global_batch_size=128,
+                         head_lr_scale=20.0, num_classes=3129, drop_path_rate=0.4)),
+    ("nlvr2", None, dict(img_size=224, lr=1e-3, epochs=20.0, warmup_epochs=5.0, global_batch_size=256,
+                         layer_decay=0.8)),
+    ("retrieval", {"dataset": "flickr30k"}, dict(img_size=420, lr=1e-5, epochs=20.0, warmup_epochs=5.0,
+                                                 global_batch_size=3072, layer_decay=0.95)),
+    ("captioning", None, dict(img_size=392, lr=8e-6, epochs=0.0, max_steps=16000, warmup_steps=1600,
+                              global_batch_size=256)),
+])
+def test_paper_profile_takes_the_papers_giant_recipe(sandbox, task, variant, expected):
+    """The paper profile pretrains giant; each finetune follows the paper's Tables 12-14 unscaled."""
+    cfg = finetune_config(task, "beit3", get_profile("paper"), variant=variant)
+    assert cfg.model == "beit3_giant_patch14_224"
+    got = {**vars(cfg), **cfg.model_overrides}
+    assert {k: got[k] for k in expected} == expected
+    assert cfg.data["root"] == {"flickr30k": "data/flickr30k"}.get((variant or {}).get("dataset"), cfg.data["root"])
+    assert cfg.precision == "bf16"
+
+
+def test_official_recipe_by_size():
+    assert official_recipe("vqav2", size="large")["lr"] == 2e-5
+    assert official_recipe("vqav2", size="tiny") == official_recipe("vqav2", size="base")
+    giant = official_recipe("captioning", size="giant")
+    assert giant["steps"] == 16000 and "epochs" not in giant  # the paper gives steps, not epochs
+    assert giant["num_max_bpe_tokens"] == 32  # the rest from the released recipe
 
 
 @pytest.mark.slow
