@@ -187,6 +187,17 @@ def cmd_data_world(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
+def _add_store_and_output_arguments(parser: argparse.ArgumentParser, reports: str) -> None:
+    """``--tracking-uri``, ``--out`` (for ``reports``) and ``--results-dir``, shared by run and report."""
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo-or-cwd>/mlflow.db)",
+    )
+    parser.add_argument("--out", default="reports", help=f"directory for {reports} (default: reports)")
+    parser.add_argument("--results-dir", default="results", help="directory for <table>.csv (default: results)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
@@ -246,13 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--nproc", type=int, default=1,
                        help="processes per training run; > 1 launches each under torchrun (default: 1)")
     p_run.add_argument("--dry-run", action="store_true", help="print the experiments the tables need and stop")
-    p_run.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo-or-cwd>/mlflow.db)",
-    )
-    p_run.add_argument("--out", default="reports", help="directory for <table>.md (default: reports)")
-    p_run.add_argument("--results-dir", default="results", help="directory for <table>.csv (default: results)")
+    _add_store_and_output_arguments(p_run, "<table>.md")
     p_run.set_defaults(handler=cmd_run)
 
     p_data = sub.add_parser(
@@ -298,13 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_report.add_argument(
         "--profile", default="smoke", help=f"whose runs: {', '.join(list_profiles())} (default: smoke)"
     )
-    p_report.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<repo-or-cwd>/mlflow.db)",
-    )
-    p_report.add_argument("--out", default="reports", help="directory for <table>.md/.tex/.html (default: reports)")
-    p_report.add_argument("--results-dir", default="results", help="directory for <table>.csv (default: results)")
+    _add_store_and_output_arguments(p_report, "<table>.md/.tex/.html")
     p_report.add_argument("--format", default=",".join(FORMATS), metavar="F1,F2",
                           help=f"report formats, comma-separated: {', '.join(FORMATS)} (default: all; "
                           "the CSV is always written)")

@@ -124,17 +124,25 @@ def render_dense_table(title: str, summary: str, result: TableResult, paper: Map
     return text + f"\n{caption}:\n\n{other}\n" + (f"\n{notes}\n" if notes else "")
 
 
-@register_table("table7")
-class Table7(TableSpec):
-    """COCO box/mask AP of BEiT-3-initialised detectors, one row per pretraining recipe and head."""
+class DenseTable(TableSpec):
+    """A table of mmdet/mmseg runs, one per (pretrained source, head, seed); subclasses name their
+    ``plan_experiments`` and ``measure`` functions."""
+
+    plan_experiments = staticmethod(plan_experiments)
+    measure = staticmethod(measure)
 
     def plan(self, profile: Profile, options: RunOptions) -> list[Experiment]:
         sources = dense.pretrained_sources(profile, options.recipes, options.ablation)
-        return plan_experiments(self.name, profile, options.seeds, sources)
+        return self.plan_experiments(self.name, profile, options.seeds, sources)
 
     def run(self, profile: Profile, options: RunOptions) -> TableResult:
-        return measure(self.name, profile, options.seeds, dense.pretrained_sources(profile, options.recipes,
-                                                                                    options.ablation))
+        sources = dense.pretrained_sources(profile, options.recipes, options.ablation)
+        return self.measure(self.name, profile, options.seeds, sources)
+
+
+@register_table("table7")
+class Table7(DenseTable):
+    """COCO box/mask AP of BEiT-3-initialised detectors, one row per pretraining recipe and head."""
 
     def render(self, result: TableResult, paper: Mapping[str, Any]) -> str:
         summary = (

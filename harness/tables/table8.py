@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from harness import dense
 from harness.profiles import Profile
-from harness.tables import Experiment, ResultRow, RunOptions, TableResult, TableSpec, register_table
+from harness.tables import Experiment, ResultRow, TableResult, register_table
 from harness.tables import table7
 from harness.tables.table7 import render_dense_table
 
@@ -105,16 +105,11 @@ def measure(table: str, profile: Profile, seeds: int, sources: Sequence[dense.Pr
 
 
 @register_table("table8")
-class Table8(TableSpec):
+class Table8(table7.DenseTable):
     """ADE20K mIoU (single- and multi-scale) of BEiT-3-initialised segmentors."""
 
-    def plan(self, profile: Profile, options: RunOptions) -> list[Experiment]:
-        sources = dense.pretrained_sources(profile, options.recipes, options.ablation)
-        return plan_experiments(self.name, profile, options.seeds, sources)
-
-    def run(self, profile: Profile, options: RunOptions) -> TableResult:
-        return measure(self.name, profile, options.seeds, dense.pretrained_sources(profile, options.recipes,
-                                                                                    options.ablation))
+    plan_experiments = staticmethod(plan_experiments)
+    measure = staticmethod(measure)
 
     def render(self, result: TableResult, paper: Mapping[str, Any]) -> str:
         summary = (
