@@ -582,6 +582,7 @@ def run_dense(
     tracking_uri: str | None = None,
     tags: Mapping[str, Any] | None = None,
     cfg_options: Mapping[str, Any] | None = None,
+    reuse: bool = True,
 ) -> DenseResult:
     """Train (and validate) or test one mmdet/mmseg config with mmengine's Runner, tracked in MLflow.
 
@@ -602,6 +603,8 @@ def run_dense(
         experiment: the MLflow experiment.
         tracking_uri: the store; ``tracking.resolve_tracking_uri`` picks one when None.
         tags: extra MLflow tags (may not override the lineage tags).
+        reuse: return the FINISHED run of ``experiment`` with the same config hash (the resolved
+            config and the parent's hash), if its metrics and (train mode) checkpoint are still there.
 
     Raises:
         TrackingUnavailableError: the store cannot be used.
@@ -639,6 +642,10 @@ def run_dense(
             cfg.tta_model.module = cfg.model
             cfg.model = cfg.tta_model
     digest = dense_config_hash(cfg, parent_hash)
+    if reuse:
+        previous = _reusable(uri, experiment, digest, mode)
+        if previous is not None:
+            return previous
 
     config_file = config_path(config)
     if config_file.is_relative_to(PACKAGE_ROOT):
@@ -681,12 +688,37 @@ def run_dense(
 
     client = MlflowClient(tracking_uri=uri)
     client.log_metric(store["run_id"], "wall_s", wall)
-    client.log_text(store["run_id"], json.dumps(store["metrics"], indent=2, sort_keys=True) + "\n", "metrics.json")
     work = Path(cfg.work_dir)
-    return DenseResult(
-        metrics=dict(store["metrics"]), run_id=store["run_id"], config_hash=digest, work_dir=work,
-        checkpoint=_last_checkpoint(work) if mode == "train" else None, wall_s=wall,
-    )
+    trained = _last_checkpoint(work) if mode == "train" else None
+    if trained is not None:
+        client.set_tag(store["run_id"], "model_checkpoint", str(trained.resolve()))
+    # Written last: a run with metrics.json is complete, and only such a run is reused.
+    client.log_text(store["run_id"], json.dumps(store["metrics"], indent=2, sort_keys=True) + "\n", "metrics.json")
+    return DenseResult(metrics=dict(store["metrics"]), run_id=store["run_id"], config_hash=digest, work_dir=work,
+                       checkpoint=trained, wall_s=wall)
+
+
+def _reusable(uri: str, experiment: str, digest: str, mode: str) -> DenseResult | None:
+    """The finished run with config hash ``digest`` as a ``DenseResult``, if it is complete on disk."""
+    import mlflow
+
+    run = tracking.find_finished_run(experiment, digest, tracking_uri=uri)
+    if run is None:
+        return None
+    checkpoint = Path(run.data.tags.get("model_checkpoint", ""))
+    if mode == "train" and not checkpoint.is_file():
+        return None
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="metrics.json",
+                                                       dst_path=tmp, tracking_uri=uri)
+            metrics = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, mlflow.exceptions.MlflowException):  # no metrics.json: the run ended before its results
+        return None
+    return DenseResult(metrics=metrics, run_id=run.info.run_id, config_hash=digest,
+                       work_dir=checkpoint.parent if mode == "train" else Path(),
+                       checkpoint=checkpoint if mode == "train" else None,
+                       wall_s=float(run.data.metrics.get("wall_s", 0.0)))
 
 
 # ----------------------------------------------------------------------------- for the tables

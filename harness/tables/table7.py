@@ -89,12 +89,15 @@ def measure(table: str, profile: Profile, seeds: int, sources: Sequence[dense.Pr
                     tags={"table": table, "head": head, "source": source.name,
                           "experiment_config_hash": experiment.config_hash},
                 )
+                if not any(key in result.metrics for _, key in METRICS.values()):
+                    # CocoMetric returns nothing when no box clears the score threshold: that is AP 0.
+                    annotations[f"{head}.{source.name}.seed{seed}.note"] = "no detections: AP 0"
                 for metric, (_, key) in METRICS.items():
-                    if key not in result.metrics:
+                    if result.metrics and key not in result.metrics:
                         raise KeyError(
                             f"{experiment.name}: CocoMetric reported no {key!r} (got {sorted(result.metrics)})"
                         )
-                    values.setdefault((head, source.name, metric), []).append(100.0 * result.metrics[key])
+                    values.setdefault((head, source.name, metric), []).append(100.0 * result.metrics.get(key, 0.0))
                 annotations[f"{head}.{source.name}.seed{seed}.run"] = result.run_id
     rows = []
     for head in HEADS:

@@ -86,6 +86,9 @@ def test_upernet_trains_then_tests_multi_scale_from_its_checkpoint(tmp_path, wor
     assert 0.0 <= tested.metrics["mIoU"] <= 100.0
     run = _check_lineage(store, tested, trained.run_id)
     assert run.data.tags["tta"] == "true" and "test/mIoU" in run.data.metrics
+    # The same config again is the finished run, not a new one (found by its config hash).
+    again = _run("seg/beit3_upernet_mini", tmp_path / "train", world, store, pretrained, "ade")
+    assert (again.run_id, again.metrics, again.checkpoint) == (trained.run_id, trained.metrics, trained.checkpoint)
 
 
 def test_mask2former_trains_and_evaluates_on_cpu(tmp_path, world, store, pretrained):
