@@ -13,7 +13,6 @@ spread (leaders are named, not tested), and fewer than 3 give a rough one: run `
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -63,7 +62,7 @@ class Stat:
 
     @classmethod
     def of(cls, values: Sequence[float]) -> Stat:
-        return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+        return cls(*report.mean_std(values), len(values))
 
     def text(self, digits: int = 2) -> str:
         return f"{self.mean:.{digits}f}" + ("" if self.std is None else f" ± {self.std:.{digits}f}")
