@@ -1,6 +1,6 @@
 """Table 2: parameter grouping, the giant against the paper, base/large against torchscale, rendering."""
-
 import copy
+import os
 import re
 
 import pytest
@@ -194,3 +194,9 @@ def test_write_atomic_replaces_without_leftovers(tmp_path):
     write_atomic(path, "new\n")
     assert path.read_text() == "new\n"
     assert sorted(p.name for p in path.parent.iterdir()) == ["table2.md"]
+    umask = os.umask(0o022)
+    try:
+        write_atomic(path, "readable\n")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644  # the umask's mode, not mkstemp's private 0600
