@@ -112,3 +112,20 @@ def test_table3_on_smoke_through_the_cli(sandbox, tmp_path):
     assert main(["run", "table3", "--profile", "smoke", "--tracking-uri", sandbox,
                  "--out", str(tmp_path / "reports"), "--results-dir", str(tmp_path / "results")]) == 0
     assert (tmp_path / "reports" / "table3.md").read_text().count("(reused)") == 4
+
+
+@pytest.mark.slow
+def test_nproc_trains_each_run_under_torchrun(sandbox, tmp_path):
+    """`--nproc 2`: the pretraining run is two gloo ranks launched by torchrun, recorded once."""
+    from mlflow.tracking import MlflowClient
+
+    from harness.cli import main
+
+    assert main(["run", "table3", "--profile", "smoke", "--recipes", "beit3", "--nproc", "2",
+                 "--tracking-uri", sandbox, "--out", str(tmp_path / "reports"),
+                 "--results-dir", str(tmp_path / "results")]) == 0
+    client = MlflowClient(sandbox)
+    experiment = client.get_experiment_by_name("beit3-pretrain")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "2"
+    assert "(ran)" in (tmp_path / "reports" / "table3.md").read_text()
