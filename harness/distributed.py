@@ -1,8 +1,10 @@
 """Process-group set-up from the torchrun environment (nanoGPT style): rank 0 logs and saves."""
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -39,9 +41,26 @@ def init_distributed() -> DistInfo:
     return DistInfo(rank, local_rank, world_size, device)
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(wait: bool = False) -> None:
+    """Leave the process group; ``wait``: first until every rank got here (a rank whose peer tore its
+    gloo pairs down mid-exchange can abort with "terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[DistInfo]:
+    """``init_distributed`` for the body; afterwards all ranks leave together, or at once on an error
+    (a barrier then could wait for a rank that is gone)."""
+    info = init_distributed()
+    try:
+        yield info
+    except BaseException:
+        shutdown_distributed()
+        raise
+    shutdown_distributed(wait=True)
 
 
 def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -33,7 +33,7 @@ from .checkpointing import (
     set_rng_state,
 )
 from .config import ConfigError, TrainConfig, load_train_config, train_config_hash
-from .distributed import DistInfo, all_reduce_mean, init_distributed, shutdown_distributed
+from .distributed import DistInfo, all_reduce_mean, process_group
 from .optim import build_optimizer, lr_at, set_lr
 
 
@@ -352,8 +352,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
 
     from .tracking import start_run
 
-    info = init_distributed()
-    try:
+    with process_group() as info:
         model = tasks.build_model(cfg.task, cfg.model, **cfg.model_overrides)
         data_config = resolve_data_root(cfg.data)
         if cfg.global_batch_size:
@@ -382,8 +381,6 @@ def run_training(cfg: TrainConfig) -> TrainResult:
                               "resume_checkpoint": result.checkpoint,
                               "resumed_from_step": str(result.resumed_from_step)})
             return result
-    finally:
-        shutdown_distributed()
 
 
 def main(argv: list[str] | None = None) -> int:

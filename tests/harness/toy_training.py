@@ -84,7 +84,7 @@ def run(out_dir, max_steps, resume=False, drop_path_rate=0.2, info=None, **overr
 
 
 if __name__ == "__main__":
-    from harness.distributed import init_distributed, shutdown_distributed
+    from harness.distributed import process_group
 
     parser = argparse.ArgumentParser()
     parser.add_argument("out_dir")
@@ -94,9 +94,6 @@ if __name__ == "__main__":
     parser.add_argument("--fsdp", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    info = init_distributed()
-    try:
+    with process_group() as info:
         run(args.out_dir, args.max_steps, resume=bool(args.resume), info=info,
             drop_path_rate=0.0 if args.no_drop_path else 0.2, parallel="fsdp" if args.fsdp else "ddp")
-    finally:
-        shutdown_distributed()
