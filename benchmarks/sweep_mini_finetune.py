@@ -45,8 +45,8 @@ def main() -> None:
     base = finetune_config(args.task, args.recipe, profile, args.seed)
     for text in args.settings or [""]:
         setting = parse_setting(text)
+        name = "-".join([base.run_name, *(f"{k}{v}" for k, v in setting.items())])
         data = {**base.data, **({"batch_size": setting.pop("batch_size")} if "batch_size" in setting else {})}
-        name = "-".join([base.run_name, *(f"{k}{v}" for k, v in parse_setting(text).items())])
         cfg = dataclasses.replace(base, data=data, experiment="beit3-sweep", run_name=name, **setting)
         start = time.perf_counter()
         record = ensure_run(cfg, parents[-1] if parents else None, tracking_uri=uri)

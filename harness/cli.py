@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from harness.ablation import SWITCHES, AblationError, ablation_label, parse_ablation
-from harness.experiments import RECIPE_NAMES, check_recipe
+from harness.experiments import RECIPE_NAMES
 from harness.profiles import PROFILES, Profile, UnknownNameError, get_profile, list_profiles
 from harness.reporting import FORMATS, ReportError, parse_formats, report_tables
 from harness.tables import (
@@ -107,7 +107,7 @@ def _resolve_tables(names: Sequence[str]) -> list[TableSpec]:
 def _print_plan(specs: Sequence[TableSpec], profile: Profile, options: RunOptions, args: argparse.Namespace) -> None:
     for spec in specs:
         plan = spec.plan(profile, options)
-        config = table_config(spec, profile, options)
+        config = table_config(spec, profile, options, plan)
         print(f"{spec.name}: {spec.title}")
         print(f"  profile {profile.name}, {len(plan)} experiment(s), table config {config_hash(config)[:12]}")
         if options.ablation:
@@ -123,8 +123,6 @@ def run_options(args: argparse.Namespace, profile: Profile) -> RunOptions:
     """``--seeds``, ``--recipes``, ``--nproc``, ``--ablation`` checked and combined with the profile's defaults."""
     seeds = profile.default_seeds if args.seeds is None else args.seeds
     recipes = tuple(r.strip() for r in args.recipes.split(",") if r.strip()) if args.recipes else RECIPE_NAMES
-    for recipe in recipes:
-        check_recipe(recipe)  # an unknown name lists the known ones (UnknownNameError)
     ablation = parse_ablation(args.ablation)  # AblationError / UnknownNameError: exit 2 with the known switches
     try:
         return RunOptions(seeds=seeds, recipes=recipes, nproc=args.nproc, ablation=ablation)

@@ -71,7 +71,7 @@ class RunOptions:
     """How a table's experiments run (``harness run --seeds --recipes --nproc --ablation``).
 
     Args:
-        options: seeds, recipes, processes per training run.
+        seeds: seeds per experiment.
         recipes: what finetunes start from: pretraining recipes (``beit3``, ``vlmo``) and ``none``
             (random init); tables built on pretraining run only these.
         nproc: processes per training run; more than one launches each run under torchrun.
@@ -405,15 +405,17 @@ class TableOutputs:
     config_hash: str
 
 
-def table_config(spec: TableSpec, profile: Profile, options: RunOptions) -> dict[str, Any]:
-    """The config of a table's own MLflow run: the table, the profile (and ablation) and its planned experiments."""
+def table_config(spec: TableSpec, profile: Profile, options: RunOptions,
+                 plan: Sequence[Experiment]) -> dict[str, Any]:
+    """The config of a table's own MLflow run: the table, the profile (and ablation) and its planned
+    experiments (``plan``: ``spec.plan(profile, options)``)."""
     return {
         "table": spec.name,
         "profile": profile.name,
         **({"ablation": dict(options.ablation)} if options.ablation else {}),
         "experiments": {
             e.name: {"task": e.task, "seed": e.seed, "config_hash": e.config_hash, "config": dict(e.config)}
-            for e in spec.plan(profile, options)
+            for e in plan
         },
     }
 
@@ -467,13 +469,14 @@ def run_table(
         results_dir: where ``<table>.csv`` goes (``results/``).
         tracking_uri: an MLflow store already checked by ``tracking.check_tracking_uri``.
     """
-    config = table_config(spec, profile, options)
+    plan = spec.plan(profile, options)
+    config = table_config(spec, profile, options, plan)
     paper = spec.paper_rows
     # The table's training runs record in the same store as the table's own run.
     previous_uri = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     try:
-        return _run_and_record(spec, profile, options, config, paper, out_dir, results_dir, tracking_uri)
+        return _run_and_record(spec, profile, options, plan, config, paper, out_dir, results_dir, tracking_uri)
     finally:
         if previous_uri is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -481,7 +484,7 @@ def run_table(
             os.environ["MLFLOW_TRACKING_URI"] = previous_uri
 
 
-def _run_and_record(spec, profile, options, config, paper, out_dir, results_dir, tracking_uri) -> TableOutputs:
+def _run_and_record(spec, profile, options, plan, config, paper, out_dir, results_dir, tracking_uri) -> TableOutputs:
     with tracking.start_run(
         TABLES_EXPERIMENT,
         "-".join(filter(None, [spec.name, profile.name, ablation_label(options.ablation, "-")])),
@@ -502,7 +505,7 @@ def _run_and_record(spec, profile, options, config, paper, out_dir, results_dir,
         run.log_metrics(metrics)
         run.log_text(markdown, f"{spec.name}.md")
         run.log_text(csv_text, f"{spec.name}.csv")
-        experiments = recorded_experiments(spec.plan(profile, options), tracking_uri)
+        experiments = recorded_experiments(plan, tracking_uri)
         run.log_text(table_result_json(result, profile.name, options, experiments), TABLE_RESULT_ARTIFACT)
     return TableOutputs(markdown, report_path, csv_path, run.run_id, tracking.config_hash(config))
 
