@@ -123,7 +123,7 @@ def finetune_config(task: str, recipe: str, profile: Profile, seed: int = 0,
     # Head sizes: a world's from its data; real data's the official ones (3129 answers, 1000 classes),
     # which the data readers check against the head at launch.
     if task == "vqav2":
-        from .train import resolve_data_root
+        from .launch import resolve_data_root
 
         model_overrides["num_classes"] = (len(tasks.task_module(task).answer_vocab(resolve_data_root(data)))
                                           if profile.synthetic else int(official["num_classes"]))
@@ -162,7 +162,7 @@ def count_classes(data: dict[str, Any]) -> int:
     """Class folders of an ImageNet-style training set (the size of the linear head)."""
     from tasks.finetune_data import resolve_root
 
-    from .train import resolve_data_root
+    from .launch import resolve_data_root
 
     folder = resolve_root(resolve_data_root(data), "imagenet").file("train")
     classes = [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
@@ -233,7 +233,7 @@ def evaluate_run(cfg: TrainConfig, record: RunRecord, splits: list[str], trackin
 
     from backbones import load_checkpoint
 
-    from .train import resolve_data_root
+    from .launch import resolve_data_root
 
     model = tasks.build_model(cfg.task, cfg.model, **cfg.model_overrides)
     load_checkpoint(model, record.checkpoint)
