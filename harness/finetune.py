@@ -94,7 +94,7 @@ def finetune_config(task: str, recipe: str, profile: Profile, seed: int = 0,
     # Head sizes a task takes from its data: a world's (answer or class count), real data's the official ones.
     spec = tasks.get_task(task)
     if spec.head_overrides is not None:
-        from .train import resolve_data_root
+        from .launch import resolve_data_root
 
         model_overrides.update(spec.head_overrides(resolve_data_root(data), model_overrides=model_overrides,
                                                    synthetic=profile.synthetic, official=official))
@@ -192,7 +192,7 @@ def evaluate_run(cfg: TrainConfig, record: RunRecord, splits: list[str], trackin
     from backbones import load_checkpoint
 
     from .per_item import log_per_item
-    from .train import resolve_data_root
+    from .launch import resolve_data_root
 
     spec = tasks.get_task(cfg.task)
     model = spec.build_model(cfg.model, **cfg.model_overrides)
