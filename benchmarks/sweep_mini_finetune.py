@@ -21,6 +21,7 @@ from harness.experiments import ensure_run, world_manifest
 from harness.finetune import ensure_parents, evaluate_run, finetune_config
 from harness.profiles import get_profile
 from harness.tracking import resolve_tracking_uri
+from tasks.data.world_root import world_profile
 
 
 def parse_setting(text: str) -> dict[str, object]:
@@ -58,7 +59,7 @@ def main() -> None:
         print(f"{text or '(profile)':<40} {record.status:<7} {time.perf_counter() - start:7.1f}s "
               f"loss {record.metrics.get('final.loss', float('nan')):.3f}  {shown}", flush=True)
     root = profile.pretrain["data"]["root"]
-    if root.startswith("world:"):
+    if world_profile(root) is not None:
         print("world baselines:", json.dumps(world_manifest(root)["baselines"].get(args.task, {})))
 
 

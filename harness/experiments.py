@@ -9,7 +9,6 @@ hash; the parent's hash is part of the child's hash, so retraining a parent inva
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -17,6 +16,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tasks.data.world_root import world_profile
 
 from .ablation import Ablation, ablation_label, apply_ablation
 from .checkpointing import latest_checkpoint
@@ -52,15 +53,15 @@ def runs_root() -> Path:
 
 
 def world_manifest(root: str) -> dict[str, Any]:
-    from .world import ensure_world
+    from .world import load_manifest, resolve_world_root
 
-    return json.loads((ensure_world(root.split(":", 1)[1]) / "world.json").read_text())
+    return load_manifest(resolve_world_root(root))
 
 
 def fill_from_world(cfg: TrainConfig) -> TrainConfig:
     """Sizes that follow from the benchmark world (its tokenizer's vocabulary) when not given."""
     root = cfg.data.get("root", "")
-    if not (isinstance(root, str) and root.startswith("world:")) or "vocab_size" in cfg.model_overrides:
+    if world_profile(root) is None or "vocab_size" in cfg.model_overrides:
         return cfg
     vocab = int(world_manifest(root)["counts"]["spm"]["vocab_size"])
     return dataclasses.replace(cfg, model_overrides={**cfg.model_overrides, "vocab_size": vocab})

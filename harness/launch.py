@@ -33,12 +33,13 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
 
 def resolve_data_root(data: dict[str, Any]) -> dict[str, Any]:
     """``root: "world:<profile>"`` names the benchmark world, built on first use (``harness.world``)."""
-    root = data.get("root", "")
-    if isinstance(root, str) and root.startswith("world:"):
-        from .world import ensure_world
+    from tasks.data.world_root import world_profile
 
-        return {**data, "root": str(ensure_world(root.split(":", 1)[1]))}
-    return data
+    if world_profile(data.get("root", "")) is None:
+        return data
+    from .world import resolve_world_root
+
+    return {**data, "root": resolve_world_root(data["root"])}
 
 
 def per_rank_batch_size(cfg: TrainConfig, world_size: int) -> int:

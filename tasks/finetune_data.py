@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import itertools
-import json
 import os
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -49,6 +48,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from tasks.data.images import DataError
+from tasks.data.world_root import MANIFEST_NAME, is_world_dir, load_manifest
 from tasks.metrics._checks import EmptySplitError, check_not_empty
 
 __all__ = [
@@ -73,7 +73,7 @@ __all__ = [
     "to_device",
 ]
 
-WORLD_MANIFEST = "world.json"  # harness.world.MANIFEST_NAME (tasks may not import harness)
+WORLD_MANIFEST = MANIFEST_NAME
 POSITION_OFFSET = 2  # fairseq: text positions start at row 2 of the text position table
 STATE_VERSION = 1
 # Third word of the derived seeds: items, the batch (collate), evaluation items.
@@ -128,14 +128,13 @@ def resolve_root(data_config: Mapping[str, Any], dataset: str) -> DataRoot:
     root = data_config.get("root")
     if not root:
         raise ValueError("the data config needs 'root': the data set's root folder (official data_path) or a "
-                         "benchmark-world directory (holding world.json)")
+                         f"benchmark-world directory (holding {MANIFEST_NAME})")
     base = Path(root)
     if not base.is_dir():
         raise FileNotFoundError(f"data root {base} is not a directory")
-    manifest_path = base / WORLD_MANIFEST
-    if not manifest_path.is_file():
+    if not is_world_dir(base):
         return DataRoot(base, base)
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest = load_manifest(base)
     datasets = manifest.get("datasets", {})
     if dataset not in datasets:
         raise KeyError(f"the benchmark world {base} has no {dataset!r} data set (it has: {', '.join(datasets)})")

@@ -23,6 +23,7 @@ from harness.finetune import (
 )
 from harness.profiles import Profile
 from harness.tables import Experiment, ResultRow, RunOptions, TableResult, TableSpec, experiments_of, register_table
+from tasks.data.world_root import world_profile
 
 DATASETS = ("coco", "flickr30k")
 RECALLS = ("tr_r1", "tr_r5", "tr_r10", "ir_r1", "ir_r5", "ir_r10")  # I→T (text retrieval), then T→I
@@ -136,7 +137,7 @@ class Table6(Table10):
 def chance_rows(profile: Profile) -> list[ResultRow]:
     """R@1 of a random ranking on the world's test splits (its world.json), in percent."""
     root = profile.pretrain.get("data", {}).get("root", "")
-    if not (isinstance(root, str) and root.startswith("world:")):
+    if world_profile(root) is None:
         return []
     from harness.experiments import world_manifest
 

@@ -16,6 +16,7 @@ from harness.experiments import pretraining_configs
 from harness.finetune import ensure_finetune, plan_finetunes
 from harness.profiles import Profile
 from harness.tables import Experiment, ResultRow, RunOptions, TableResult, TableSpec, experiments_of, register_table
+from tasks.data.world_root import world_profile
 
 TASKS = ("vqav2", "nlvr2", "captioning")
 RECIPE_TITLES = {"beit3": "BEiT-3 MDM pretraining", "vlmo": "VLMo staged pretraining", "none": "no pretraining"}
@@ -40,7 +41,7 @@ PRIOR_TITLE = "answer prior only (the world's baseline)"
 def prior_rows(profile: Profile) -> list[ResultRow]:
     """The benchmark world's prior-only baselines (its world.json), in our columns' units."""
     root = profile.pretrain.get("data", {}).get("root", "")
-    if not (isinstance(root, str) and root.startswith("world:")):
+    if world_profile(root) is None:
         return []
     from harness.experiments import world_manifest
 

@@ -14,6 +14,7 @@ from harness.experiments import pretraining_configs
 from harness.finetune import ensure_finetune, plan_finetunes
 from harness.profiles import Profile
 from harness.tables import Experiment, ResultRow, RunOptions, TableResult, TableSpec, experiments_of, register_table
+from tasks.data.world_root import world_profile
 
 CLASSIFIERS = {"linear": "linear head", "retrieval": "class-name retrieval"}
 RECIPE_TITLES = {"beit3": "BEiT-3 MDM pretraining", "vlmo": "VLMo staged pretraining", "none": "no pretraining"}
@@ -72,7 +73,7 @@ class Table9(TableSpec):
 def majority_rows(profile: Profile) -> list[ResultRow]:
     """Top-1 of always predicting the most frequent class on the world's evaluation split, in percent."""
     root = profile.pretrain.get("data", {}).get("root", "")
-    if not (isinstance(root, str) and root.startswith("world:")):
+    if world_profile(root) is None:
         return []
     from harness.experiments import world_manifest
 

@@ -6,7 +6,15 @@ instances, ADE20K and a SentencePiece model) so that the project's real readers 
 ``ensure_world(profile, root, seed)`` builds it once and reuses it. ``python -m harness.world --help``.
 """
 
-from .build import MANIFEST_NAME, VERSION, build_world, ensure_world, load_manifest, world_dir_name
+from .build import (
+    MANIFEST_NAME,
+    VERSION,
+    build_world,
+    ensure_world,
+    load_manifest,
+    resolve_world_root,
+    world_dir_name,
+)
 from .cli import main
 from .profiles import PROFILES, WorldProfile, get_profile
 
@@ -19,6 +27,7 @@ __all__ = [
     "build_world",
     "ensure_world",
     "load_manifest",
+    "resolve_world_root",
     "world_dir_name",
     "main",
 ]

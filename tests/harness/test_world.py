@@ -18,7 +18,7 @@ from PIL import Image
 
 import harness.world as world
 from harness.world import build as world_build
-from harness.world import scenes, writers
+from harness.world import coco_karpathy, scenes, writers
 
 COLORS_RGB = np.array(list(scenes.COLORS.values()))
 
@@ -296,9 +296,22 @@ def test_same_seed_gives_identical_files_via_cli(smoke, tmp_path, capsys):
     assert not differing, f"files differ between two builds with the same seed: {differing[:5]}"
 
 
+def test_world_content_changes_only_with_its_version(smoke):
+    # The committed hashes of the smoke world (seed 0) of this VERSION: code changes that alter any byte
+    # of it must bump world.VERSION (worlds are cached by version) and rewrite the hash file.
+    root, _ = smoke
+    golden = _json(Path(__file__).with_name("world_smoke_seed0_sha256.json"))
+    assert golden["version"] == world.VERSION, (
+        f"world.VERSION is {world.VERSION} but {Path(__file__).with_name('world_smoke_seed0_sha256.json').name} "
+        f"holds version {golden['version']}: rewrite it from a fresh smoke build (seed 0)")
+    built = _hashes(root)
+    changed = sorted(p for p in golden["sha256"].keys() | built.keys() if golden["sha256"].get(p) != built.get(p))
+    assert not changed, f"world version {world.VERSION} changed content without a VERSION bump: {changed[:5]}"
+
+
 def test_different_seed_changes_the_world(tmp_path):
-    # Only the cheap part is compared: the COCO/VQA stream of seed 1 versus seed 0.
-    parts = [world_build._build_coco_and_vqa(tmp_path / f"s{seed}", world.PROFILES["smoke"], seed) for seed in (0, 1)]
+    # Only the cheap part is compared: the COCO stream of seed 1 versus seed 0.
+    parts = [coco_karpathy.build(tmp_path / f"s{seed}", world.PROFILES["smoke"], seed) for seed in (0, 1)]
     assert parts[0][0].texts != parts[1][0].texts
 
 
@@ -355,3 +368,18 @@ def test_ensure_world_default_root_from_environment(tmp_path, monkeypatch, smoke
     shutil.copytree(root, tmp_path / world.world_dir_name("smoke", 0))
     monkeypatch.setattr(world_build, "_build", lambda *a, **k: pytest.fail("complete world rebuilt"))
     assert world.ensure_world("smoke") == (tmp_path / world.world_dir_name("smoke", 0)).absolute()
+
+
+def test_world_roots_are_parsed_in_one_place(tmp_path, monkeypatch, smoke):
+    from tasks.data.world_root import MANIFEST_NAME, is_world_dir, world_profile
+
+    root, _ = smoke
+    assert world.MANIFEST_NAME == MANIFEST_NAME and is_world_dir(root) and not is_world_dir(tmp_path)
+    assert world_profile("world:mini") == "mini" and world_profile("data/vqav2") is None and world_profile(None) is None
+    with pytest.raises(ValueError, match="names no world profile.*world:mini"):
+        world_profile("world:")
+    target = tmp_path / world.world_dir_name("smoke", 0)
+    shutil.copytree(root, target)
+    monkeypatch.setenv("BEIT3_DATA_ROOT", str(tmp_path))
+    assert world.resolve_world_root("world:smoke") == str(target)
+    assert world.resolve_world_root("data/vqav2") == "data/vqav2"

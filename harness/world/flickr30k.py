@@ -1,0 +1,39 @@
+"""Flickr30K-style Karpathy split: its own images and five captions each (``dataset_flickr30k.json``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import writers
+from .coco_karpathy import karpathy_entry
+from .language import captions
+from .part import Part, stream_rng, unique_ids
+from .profiles import WorldProfile
+from .scenes import render, sample_scene
+
+__all__ = ["build"]
+
+
+def build(root: Path, prof: WorldProfile, seed: int) -> Part:
+    """Write the Flickr30K images and ``dataset_flickr30k.json``."""
+    rng = stream_rng(seed, "flickr30k")
+    n_train, n_val, n_test = prof.flickr_splits
+    splits = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
+    names = [1_000_000_000 + i for i in unique_ids(rng, len(splits), high=3_000_000_000)]
+    images, sentid, texts = [], 0, []
+    for imgid, (split, name) in enumerate(zip(splits, names)):
+        scene = sample_scene(rng, prof.image_size, max_objects=prof.max_objects)
+        filename = f"{name}.jpg"
+        writers.save_image(render(scene), root / "flickr30k" / "flickr30k-images" / filename)
+        caps = captions(scene, rng, 5)
+        images.append(karpathy_entry(imgid, split, filename, caps, sentid))
+        sentid += len(caps)
+        texts += caps
+    writers.write_json(writers.karpathy_json(images, "flickr30k"), root / "flickr30k" / "dataset_flickr30k.json")
+    return Part(
+        entry={"format": "karpathy", "root": "flickr30k", "annotation": "flickr30k/dataset_flickr30k.json",
+               "images": "flickr30k/flickr30k-images"},
+        counts={"images": {"train": n_train, "val": n_val, "test": n_test}, "captions": sentid},
+        baselines={"retrieval_chance_r1": {"val": round(1 / max(n_val, 1), 4), "test": round(1 / max(n_test, 1), 4)}},
+        texts=texts,
+    )
