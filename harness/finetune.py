@@ -144,9 +144,8 @@ def ensure_finetune(task: str, recipe: str, profile: Profile, seed: int = 0, *,
         parents += (ensure_run(after, parents[-1] if parents else None, tracking_uri=tracking_uri, nproc=nproc),)
     cfg = finetune_config(task, recipe, profile, seed, variant, model_variant, after, ablation)
     record = ensure_run(cfg, parents[-1] if parents else None, tracking_uri=tracking_uri, nproc=nproc)
-    wanted = tasks.get_task(task).eval_splits
     metrics = {k: v for k, v in record.metrics.items() if k.startswith("eval.")}
-    missing = [split for split in wanted if not any(k.startswith(f"eval.{split}.") for k in metrics)]
+    missing = unevaluated_splits(record, tasks.get_task(task).eval_splits, "eval", tracking_uri)
     if missing:
         metrics.update(evaluate_run(cfg, record, missing, tracking_uri))
     return FinetuneResult(task, recipe, record, metrics, parents)
@@ -175,10 +174,25 @@ def zero_shot_retrieval(recipe: str, dataset: str, profile: Profile, seed: int =
     record = ensure_run(cfg, parents[-1] if parents else None, tracking_uri=tracking_uri, nproc=nproc)
     prefix = f"zeroshot.{dataset}"
     metrics = {k: v for k, v in record.metrics.items() if k.startswith(prefix + ".")}
-    if not metrics:
+    if unevaluated_splits(record, ("test",), prefix, tracking_uri):
         data = {**cfg.data, "source": "karpathy", "dataset": dataset}
         metrics = evaluate_run(cfg, record, ["test"], tracking_uri, data=data, prefix=prefix)
     return FinetuneResult("retrieval", recipe, record, metrics, parents)
+
+
+def unevaluated_splits(record: RunRecord, splits: tuple[str, ...], prefix: str, tracking_uri: str | None) -> list[str]:
+    """The ``splits`` the run lacks ``<prefix>.<split>.*`` metrics or the per-item frame of (a run
+    evaluated before per-item results existed is scored again)."""
+    from mlflow.tracking import MlflowClient
+
+    from .per_item import ARTIFACT_DIR, artifact_path
+
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    logged = {info.path for info in client.list_artifacts(record.run_id, ARTIFACT_DIR)}
+    frame_prefix = "" if prefix == "eval" else prefix
+    return [split for split in splits
+            if not any(k.startswith(f"{prefix}.{split}.") for k in record.metrics)
+            or artifact_path(split, frame_prefix) not in logged]
 
 
 def evaluate_run(cfg: TrainConfig, record: RunRecord, splits: list[str], tracking_uri: str | None,

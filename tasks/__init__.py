@@ -45,7 +45,8 @@ def _registry() -> dict[str, tuple[TaskSpec, ModuleType]]:
             if not isinstance(spec, TaskSpec):
                 continue
             if spec.name in found:
-                raise KeyError(f"task {spec.name!r} is defined twice: {found[spec.name][1].__name__} and {module.__name__}")
+                raise KeyError(f"task {spec.name!r} is defined twice: in {found[spec.name][1].__name__} and in "
+                               f"{module.__name__}; rename one")
             found[spec.name] = (spec, module)
         _REGISTRY.update(found)
     return _REGISTRY

@@ -472,8 +472,9 @@ def score_answers(
     if target_scores is not None:
         items["vqa_score"] = [100.0 * target_scores[q] for q in predictions]
     metrics = SPEC.aggregate(items)
+    ndigits = SPEC.metric("vqa_accuracy").ndigits
     for kind, group in items.dropna(subset=["answer_type"]).groupby("answer_type", sort=False):
-        metrics[f"vqa_accuracy_{kind}"] = round(float(group["vqa_accuracy"].mean()), SPEC.metric("vqa_accuracy").ndigits)
+        metrics[f"vqa_accuracy_{kind}"] = round(float(group["vqa_accuracy"].mean()), ndigits)
     metrics["num_questions"] = float(len(items))
     return EvalResult(metrics, items)
 

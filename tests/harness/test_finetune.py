@@ -12,6 +12,7 @@ from harness.finetune import (
     finetune_config,
     itc_config,
     official_recipe,
+    unevaluated_splits,
     zero_shot_retrieval,
 )
 from harness.per_item import load_per_item
@@ -90,8 +91,11 @@ def test_evaluate_run_logs_the_metrics_and_each_splits_per_item_frame(sandbox, t
     uri = (tmp_path / "mlruns").as_uri()
     client = MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("evaluate")).info.run_id
-    record = RunRecord(cfg.run_name, run_id, "hash", str(checkpoint), "ran")
+    # Evaluated before per-item results existed: metrics without frames are scored again.
+    record = RunRecord(cfg.run_name, run_id, "hash", str(checkpoint), "ran", metrics={"eval.dev.accuracy": 50.0})
+    assert unevaluated_splits(record, ("dev", "test1"), "eval", uri) == ["dev", "test1"]
     metrics = evaluate_run(cfg, record, ["dev", "test1"], uri)
+    assert unevaluated_splits(RunRecord(**{**vars(record), "metrics": metrics}), ("dev", "test1"), "eval", uri) == []
     assert set(metrics) == {f"eval.{s}.{k}" for s in ("dev", "test1") for k in ("accuracy", "num_examples")}
     assert client.get_run(run_id).data.metrics == metrics
     for split in ("dev", "test1"):

@@ -37,7 +37,8 @@ def test_vqa_frame_gives_the_official_accuracy_and_vqa_score():
     logits = torch.randn(len(predictions), len(vocab), generator=generator)
     targets = torch.rand(len(predictions), len(vocab), generator=generator).round(decimals=1)
     best = targets.gather(1, logits.argmax(dim=1, keepdim=True)).squeeze(1)
-    result = vqav2.score_answers(predictions, image_ids, annotations, dict(zip(predictions, best.tolist())), split="val")
+    target_scores = dict(zip(predictions, best.tolist()))
+    result = vqav2.score_answers(predictions, image_ids, annotations, target_scores, split="val")
     official = vqa_accuracy(predictions, annotations, split="val")
     assert result.metrics["vqa_accuracy"] == official["overall"]
     assert {k: result.metrics[f"vqa_accuracy_{k}"] for k in official["per_answer_type"]} == official["per_answer_type"]
