@@ -7,10 +7,11 @@ recipes on the real datasets. Task recipes read these fields; they never branch 
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
+
+from backbones.suggest import did_you_mean
 
 
 class UnknownNameError(KeyError):
@@ -34,9 +35,7 @@ def unknown_name_error(kind: str, name: str, known: Iterable[str]) -> UnknownNam
         known: every valid name.
     """
     known = sorted(known, key=_natural_key)
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return UnknownNameError(f"unknown {kind} {name!r}.{hint} Known {kind}s: {', '.join(known)}.")
+    return UnknownNameError(f"unknown {kind} {name!r}{did_you_mean(name, known)}. Known {kind}s: {', '.join(known)}.")
 
 
 @dataclass(frozen=True)

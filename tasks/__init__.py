@@ -10,11 +10,12 @@ head(s), keeping the official class's forward arguments and state-dict names.
 """
 from __future__ import annotations
 
-import difflib
 import importlib
 from typing import Any, Callable
 
 from torch import nn
+
+from backbones.suggest import did_you_mean
 
 _TASK_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 # Task name -> module that registers it (imported on first use, so `import tasks` stays light).
@@ -50,9 +51,7 @@ def list_tasks() -> list[str]:
 def build_model(task: str, model_name: str, **overrides: Any) -> nn.Module:
     """Build the model of ``task`` on the backbone ``model_name`` (``backbones.list_models()``)."""
     if task not in _TASK_MODULES:
-        close = difflib.get_close_matches(task, _TASK_MODULES, n=3)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise UnknownTaskError(f"unknown task {task!r}.{hint} Known tasks: {', '.join(list_tasks())}")
+        raise UnknownTaskError(f"unknown task {task!r}{did_you_mean(task, _TASK_MODULES)}. Known tasks: {', '.join(list_tasks())}")
     if task not in _TASK_BUILDERS:
         importlib.import_module(_TASK_MODULES[task])
     return _TASK_BUILDERS[task](model_name, **overrides)

@@ -578,11 +578,10 @@ def _under(root: Any, path: str | Any) -> Any:
 
 def _load_codebook_tokenizer(spec: Mapping[str, Any], root: Any, image_dir: Any, img_size: int, patch_size: int):
     """The fitted codebook tokenizer at ``spec['path']``; fitted on the image folder (and cached) if absent."""
-    import os
-    import tempfile
     from pathlib import Path
 
     from backbones.tokenizers import PatchCodebookTokenizer
+    from tasks.atomic import atomic_path
 
     num_codes = int(spec.get("num_codes", 256))
     seed = int(spec.get("seed", 0))
@@ -600,11 +599,8 @@ def _load_codebook_tokenizer(spec: Mapping[str, Any], root: Any, image_dir: Any,
                 yield torch.stack([TF.to_dtype(img, torch.float32, scale=True) for img in chunk])
 
         tokenizer = PatchCodebookTokenizer.fit(batches(), num_codes=num_codes, patch_size=patch_size, seed=seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(handle)
-        tokenizer.save(tmp)
-        os.replace(tmp, path)  # atomic: a concurrent or interrupted fit never leaves half a file
+        with atomic_path(path) as tmp:  # a concurrent or interrupted fit never leaves half a file
+            tokenizer.save(tmp)
     return PatchCodebookTokenizer.load(path)
 
 
