@@ -1,11 +1,12 @@
 """timm-style model registry: ``@register_model`` entry functions, ``create_model``, ``list_models``."""
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from typing import Any, Callable
 
 from torch import nn
+
+from .suggest import did_you_mean
 
 _MODEL_ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -33,9 +34,7 @@ def create_model(name: str, **overrides: Any) -> nn.Module:
     Example: ``create_model("beit3_base_patch16_224", layout="paper", drop_path_rate=0.1)``.
     """
     if name not in _MODEL_ENTRYPOINTS:
-        close = difflib.get_close_matches(name, _MODEL_ENTRYPOINTS, n=5, cutoff=0.6)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise UnknownModelError(
-            f"unknown model {name!r}.{hint} Known models: {', '.join(list_models())}"
+            f"unknown model {name!r}{did_you_mean(name, _MODEL_ENTRYPOINTS, n=5)}. Known models: {', '.join(list_models())}"
         )
     return _MODEL_ENTRYPOINTS[name](**overrides)

@@ -32,6 +32,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from ._registry import register_model
+from .weight_init import INIT_STD, init_linear_and_norm
 
 LAYOUTS = ("released", "paper")
 INIT_SCHEMES = ("official", "beit")
@@ -569,15 +570,8 @@ def init_weights(model: BEiT3, scheme: str) -> None:
     truncated normal ±.02, then the output projections (attention ``out_proj`` and FFN ``fc2``) of
     layer l (1-based) divided by sqrt(2 l).
     """
-    std = 0.02
-    for module in model.modules():
-        if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=std, a=-std, b=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+    std = INIT_STD
+    model.apply(init_linear_and_norm)
     with torch.no_grad():
         if scheme == "official":
             nn.init.normal_(model.text_embed.weight, mean=0.0, std=model.config.embed_dim**-0.5)

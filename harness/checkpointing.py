@@ -8,15 +8,15 @@ another config; ``restore_training_state`` puts it back into the live objects.
 """
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from tasks.atomic import atomic_path
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{8})\.pt$")
 
@@ -61,16 +61,8 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 
 
 def _atomic_torch_save(payload: Any, final: Path) -> Path:
-    handle, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-", suffix=final.suffix)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(final) as tmp:
+        torch.save(payload, tmp)
     return final
 
 

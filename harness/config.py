@@ -6,12 +6,13 @@ them (with close matches) and check every value's type, as nanoGPT's configurato
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from backbones.suggest import did_you_mean
 
 from .tracking import config_hash
 
@@ -123,10 +124,7 @@ def build_train_config(values: dict[str, Any], source: str = "config") -> TrainC
     hints = typing.get_type_hints(TrainConfig)
     unknown = [key for key in values if key not in hints]
     if unknown:
-        lines = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, hints, n=3)
-            lines.append(f"  {key}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        lines = [f"  {key}{did_you_mean(key, hints)}" for key in unknown]
         raise ConfigError(f"{source}: unknown key(s):\n" + "\n".join(lines) + f"\nvalid keys: {', '.join(hints)}")
     for key, value in values.items():
         if not _type_ok(value, hints[key]):

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from harness import tracking
 from harness.ablation import Ablation
 from harness.gitinfo import PACKAGE_ROOT
 from harness.profiles import Profile
+from tasks.atomic import atomic_path
 
 CONFIG_DIR = PACKAGE_ROOT / "configs"
 DENSE_EXPERIMENT = "beit3-dense"
@@ -141,10 +141,8 @@ def random_init_checkpoint(model_name: str, seed: int = 0, root: Path | str | No
         state = backbones.create_model(model_name).state_dict()
     finally:
         torch.random.set_rng_state(generator_state)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
-    os.close(handle)
-    torch.save({"model": state}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"model": state}, tmp)
     return path
 
 

@@ -24,7 +24,7 @@ from .checkpointing import latest_checkpoint
 from .config import TrainConfig, load_train_config, train_config_hash
 from .gitinfo import PACKAGE_ROOT
 from .profiles import Profile, unknown_name_error
-from .tracking import find_finished_run, resolve_tracking_uri
+from .tracking import find_finished_run, resolve_tracking_uri, use_tracking_uri
 
 CONFIG_ROOT = PACKAGE_ROOT / "configs"
 RECIPES: dict[str, tuple[str, ...]] = {
@@ -141,20 +141,13 @@ def ensure_run(cfg: TrainConfig, parent: RunRecord | None = None, *, tracking_ur
     out_dir = run_dir(cfg)
     cfg = dataclasses.replace(cfg, out_dir=str(out_dir), resume=True)
     status = "resumed" if latest_checkpoint(out_dir) is not None else "ran"
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri  # the trainer (and torchrun children) record there
-    try:
+    with use_tracking_uri(uri):  # the trainer (and torchrun children) record there
         if nproc > 1:
             launch_torchrun(cfg, nproc)
         else:
             from .launch import run_training
 
             run_training(cfg)
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
     run = find_finished_run(cfg.experiment, train_config_hash(cfg), tracking_uri=uri)
     if run is None:
         raise RuntimeError(f"run {cfg.run_name} ended without a FINISHED MLflow run in {uri}")

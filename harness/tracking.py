@@ -102,15 +102,25 @@ def artifact_root(uri: str) -> Path | None:
 
 
 @contextlib.contextmanager
-def _env(overrides: Mapping[str, str]) -> Iterator[None]:
+def _env(overrides: Mapping[str, str], *, replace: bool = False) -> Iterator[None]:
+    """``overrides`` in ``os.environ`` inside the block, restored after; variables already set keep
+    their value (the user's settings win) unless ``replace``."""
     saved = {k: os.environ.get(k) for k in overrides}
-    os.environ.update({k: v for k, v in overrides.items() if saved[k] is None})  # user settings win
+    os.environ.update({k: v for k, v in overrides.items() if replace or saved[k] is None})
     try:
         yield
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def use_tracking_uri(uri: str) -> contextlib.AbstractContextManager[None]:
+    """Point MLflow at ``uri`` inside the block: ``MLFLOW_TRACKING_URI`` for this process and the ones
+    it starts (the trainer, torchrun workers), the previous value restored after."""
+    return _env({"MLFLOW_TRACKING_URI": uri}, replace=True)
 
 
 def _reason(err: Exception) -> str:

@@ -12,7 +12,6 @@ a task is adding its file. ``build_model``, ``build_data``, ``training_step`` an
 """
 from __future__ import annotations
 
-import difflib
 import importlib
 import pkgutil
 from types import ModuleType
@@ -20,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from backbones.suggest import did_you_mean
 from tasks.spec import EvalResult, MetricSpec, TaskSpec
 
 __all__ = ["EvalResult", "MetricSpec", "TaskSpec", "UnknownTaskError", "build_data", "build_model",
@@ -60,9 +60,8 @@ def list_tasks() -> list[str]:
 def _entry(task: str) -> tuple[TaskSpec, ModuleType]:
     registry = _registry()
     if task not in registry:
-        close = difflib.get_close_matches(task, registry, n=3)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise UnknownTaskError(f"unknown task {task!r}.{hint} Known tasks: {', '.join(sorted(registry))}")
+        raise UnknownTaskError(f"unknown task {task!r}{did_you_mean(task, registry)}. "
+                               f"Known tasks: {', '.join(sorted(registry))}")
     return registry[task]
 
 

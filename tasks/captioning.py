@@ -713,6 +713,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "max_len": 32,  # num_max_bpe_tokens
     "mask_prob": 0.7,  # get_started's --captioning_mask_prob (argparse default 0.6)
     "randaug": True,
+    "augment": "official",  # official | label_safe (synthetic profiles; tasks.data.transforms)
     "quirks": "fixed",
     "num_workers": 0,
     "grad_accum_steps": 1,  # the trainer's: global_step counts optimizer steps
@@ -733,7 +734,8 @@ def _captions(cfg: Mapping[str, Any], root: DataRoot, split: str, transform_spli
     from tasks.data.karpathy import KarpathyCaptions
     from tasks.data.transforms import build_vl_transform
 
-    transform = build_vl_transform(transform_is_train(transform_split, cfg["quirks"]), cfg["img_size"], cfg["randaug"])
+    transform = build_vl_transform(transform_is_train(transform_split, cfg["quirks"]), cfg["img_size"], cfg["randaug"],
+                                   augment=cfg["augment"])
     return KarpathyCaptions(root.file(cfg["annotation"]), root.data, split, task="captioning", transform=transform)
 
 

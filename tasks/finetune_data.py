@@ -33,7 +33,6 @@ stay as they are.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import itertools
 import os
 import random
@@ -47,6 +46,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from backbones.suggest import did_you_mean
 from tasks.data.images import DataError
 from tasks.data.world_root import MANIFEST_NAME, is_world_dir, load_manifest
 from tasks.metrics._checks import EmptySplitError, check_not_empty
@@ -85,10 +85,7 @@ def merge_config(data_config: Mapping[str, Any], defaults: Mapping[str, Any], ta
     """``{**defaults, **data_config}``; unknown keys are an error naming the close valid ones."""
     unknown = sorted(set(data_config) - set(defaults))
     if unknown:
-        lines = []
-        for key in unknown:
-            close = difflib.get_close_matches(key, list(defaults), n=3)
-            lines.append(key + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        lines = [key + did_you_mean(key, defaults) for key in unknown]
         raise ValueError(f"{task} data config: unknown key(s) {'; '.join(lines)}. Valid keys: {', '.join(defaults)}")
     return {**defaults, **data_config}
 

@@ -23,6 +23,7 @@ from backbones import (
     BEiT3Backbone,
     no_weight_decay_names,
 )
+from backbones.weight_init import init_linear_and_norm
 from tasks.data.vqa import QUIRKS  # ("fixed", "official"): one definition for every reader and task
 
 __all__ = [
@@ -37,21 +38,13 @@ __all__ = [
     "transform_is_train",
 ]
 
-HEAD_INIT_STD = 0.02
 # Keys of a pretraining checkpoint that no fine-tuning model has (masked-language / masked-image heads).
 # Heads of our pretraining models: BEiT-3 MDM (MLM, MIM) and VLMo (also ITC, VL-branch ITC, ITM).
 PRETRAINING_HEADS = ("mlm_head.*", "mim_head.*", "itc_*", "itm_*", "logit_scale")
 
 
-def init_head_weights(module: nn.Module) -> None:
-    """unilm ``BEiT3Wrapper._init_weights`` for one module; use as ``head.apply(init_head_weights)``."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=HEAD_INIT_STD, a=-HEAD_INIT_STD, b=HEAD_INIT_STD)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+# unilm ``BEiT3Wrapper._init_weights``, the backbone's own init; use as ``head.apply(init_head_weights)``.
+init_head_weights = init_linear_and_norm
 
 
 @torch.no_grad()

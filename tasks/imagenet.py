@@ -266,7 +266,8 @@ def loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.
     return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
 
 
-def build_transform(split: str, img_size: int = 224, quirks: str = "fixed", crop_pct: float = 1.0):
+def build_transform(split: str, img_size: int = 224, quirks: str = "fixed", crop_pct: float = 1.0,
+                    augment: str = "official"):
     """The official ImageNet transform for ``split`` (``train``, ``val``).
 
     ImageNet's reported split is ``val``, which the official code evaluates with the eval transform
@@ -276,7 +277,8 @@ def build_transform(split: str, img_size: int = 224, quirks: str = "fixed", crop
     """
     from tasks.data.transforms import build_imagenet_transform
 
-    return build_imagenet_transform(is_train=transform_is_train(split, quirks), img_size=img_size, crop_pct=crop_pct)
+    return build_imagenet_transform(is_train=transform_is_train(split, quirks), img_size=img_size, crop_pct=crop_pct,
+                                    augment=augment)
 
 
 # --------------------------------------------------------------------------- training and evaluation
@@ -291,6 +293,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "img_size": None,  # default: the model's input size
     "crop_pct": 1.0,
     "max_len": 64,  # class-name tokens (retrieval classifier)
+    "augment": "official",  # official | label_safe (synthetic profiles; label_safe: no mixup/cutmix)
     "mixup": 0.8,
     "cutmix": 1.0,
     "cutmix_minmax": None,
@@ -304,10 +307,11 @@ DATA_DEFAULTS: dict[str, Any] = {
 
 
 def build_mixup(cfg: Mapping[str, Any], num_classes: int, batch_size: int):
-    """timm ``Mixup`` with the official settings, or ``None`` when mixup and cutmix are off (official test)."""
+    """timm ``Mixup`` with the official settings, or ``None`` when mixup and cutmix are off (official test)
+    or ``augment`` is ``label_safe`` (mixing two images mixes their colour classes)."""
     from timm.data import Mixup
 
-    if not (cfg["mixup"] > 0 or cfg["cutmix"] > 0 or cfg["cutmix_minmax"] is not None):
+    if cfg.get("augment", "official") == "label_safe" or not (cfg["mixup"] > 0 or cfg["cutmix"] > 0 or cfg["cutmix_minmax"] is not None):
         return None
     if cfg["mixup_mode"] in ("batch", "pair") and batch_size % 2:
         raise ValueError(f"mixup/cutmix in {cfg['mixup_mode']!r} mode mixes pairs of images: batch_size must be even, "
@@ -357,7 +361,7 @@ def _folder(cfg: Mapping[str, Any], root: DataRoot, split: str, transform_split:
         raise ValueError(f"unknown ImageNet split {split!r}; choose train, val or test (test = the val images "
                          "with the evaluation transform, the reported number)")
     classnames = root.file(cfg["classnames"]) if cfg["classnames"] is not None else None
-    transform = build_transform(transform_split, cfg["img_size"], cfg["quirks"], cfg["crop_pct"])
+    transform = build_transform(transform_split, cfg["img_size"], cfg["quirks"], cfg["crop_pct"], cfg["augment"])
     return ImageNetFolder(root.data, folder, transform=transform, classnames=classnames)
 
 

@@ -151,14 +151,16 @@ def loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, label)
 
 
-def build_transform(split: str, img_size: int = 224, quirks: str = "fixed", randaug: bool = False):
+def build_transform(split: str, img_size: int = 224, quirks: str = "fixed", randaug: bool = False,
+                    augment: str = "official"):
     """The official VL image transform for ``split`` (``train``, ``dev``/``val``, ``test1``/``test``).
 
     ``quirks="official"`` gives the dev split the training augmentation, as the official loader.
     """
     from tasks.data.transforms import build_vl_transform
 
-    return build_vl_transform(is_train=transform_is_train(split, quirks), img_size=img_size, randaug=randaug)
+    return build_vl_transform(is_train=transform_is_train(split, quirks), img_size=img_size, randaug=randaug,
+                              augment=augment)
 
 
 # --------------------------------------------------------------------------- training and evaluation
@@ -172,6 +174,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "img_size": None,  # default: the model's input size
     "max_len": 64,
     "randaug": False,
+    "augment": "official",  # official | label_safe (synthetic profiles; tasks.data.transforms)
     "quirks": "fixed",
     "num_workers": 0,
 }
@@ -209,7 +212,7 @@ def _prepare(data_config: Mapping[str, Any], model: nn.Module):
 def _dataset(cfg: Mapping[str, Any], root: DataRoot, split: str, transform_split: str):
     from tasks.data.nlvr2 import NLVR2
 
-    transform = build_transform(transform_split, cfg["img_size"], cfg["quirks"], cfg["randaug"])
+    transform = build_transform(transform_split, cfg["img_size"], cfg["quirks"], cfg["randaug"], cfg["augment"])
     return NLVR2(_data_file(cfg, root, split), root.data, split, transform=transform)
 
 

@@ -566,7 +566,23 @@ DATA_DEFAULTS: dict[str, Any] = {
     "image_mask_ratio": 0.4,
     "pair_image_mask_ratio": 0.0,
     "shuffle_buffer": 0,
+    "augment": "official",  # official | label_safe (pretraining_transforms)
 }
+
+
+def pretraining_transforms(img_size: int, augment: str) -> tuple[PretrainImageTransform, PretrainImageTransform]:
+    """``(image_transform, pair_transform)`` of an augmentation policy (``tasks.data.transforms``).
+
+    ``official``: crop scale (0.08, 1) for images, (0.5, 1) for pairs, flip and colour jitter 0.4.
+    ``label_safe``: the whole (square) image, no colour jitter; images keep the flip, pairs do not
+    (their captions say left and right).
+    """
+    from tasks.data.transforms import check_augment
+
+    if check_augment(augment) == "label_safe":
+        whole = dict(scale=(1.0, 1.0), ratio=(1.0, 1.0), color_jitter=0.0)
+        return PretrainImageTransform(img_size, hflip=0.5, **whole), PretrainImageTransform(img_size, hflip=0.0, **whole)
+    return PretrainImageTransform(img_size, scale=(0.08, 1.0)), PretrainImageTransform(img_size, scale=(0.5, 1.0))
 
 
 def _under(root: Any, path: str | Any) -> Any:
@@ -578,11 +594,10 @@ def _under(root: Any, path: str | Any) -> Any:
 
 def _load_codebook_tokenizer(spec: Mapping[str, Any], root: Any, image_dir: Any, img_size: int, patch_size: int):
     """The fitted codebook tokenizer at ``spec['path']``; fitted on the image folder (and cached) if absent."""
-    import os
-    import tempfile
     from pathlib import Path
 
     from backbones.tokenizers import PatchCodebookTokenizer
+    from tasks.atomic import atomic_path
 
     num_codes = int(spec.get("num_codes", 256))
     seed = int(spec.get("seed", 0))
@@ -600,11 +615,8 @@ def _load_codebook_tokenizer(spec: Mapping[str, Any], root: Any, image_dir: Any,
                 yield torch.stack([TF.to_dtype(img, torch.float32, scale=True) for img in chunk])
 
         tokenizer = PatchCodebookTokenizer.fit(batches(), num_codes=num_codes, patch_size=patch_size, seed=seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(handle)
-        tokenizer.save(tmp)
-        os.replace(tmp, path)  # atomic: a concurrent or interrupted fit never leaves half a file
+        with atomic_path(path) as tmp:  # a concurrent or interrupted fit never leaves half a file
+            tokenizer.save(tmp)
     return PatchCodebookTokenizer.load(path)
 
 
@@ -670,8 +682,10 @@ def build_pretraining_data(
                 f"the model's MIM head predicts {head.out_features} codes but the visual tokenizer has "
                 f"{visual.num_codes}: build the model with num_visual_tokens={visual.num_codes}"
             )
+    image_transform, pair_transform = pretraining_transforms(img_size, cfg["augment"])
     return PretrainingData(
         images=images, texts=texts, pairs=pairs, text_tokenizer=text_tokenizer, visual_tokenizer=visual,
+        image_transform=image_transform, pair_transform=pair_transform,
         img_size=img_size, patch_size=patch_size, batch_size=cfg["batch_size"], mixture=tuple(cfg["mixture"]),
         streams=streams, max_text_len=cfg["max_text_len"], max_pair_text_len=cfg["max_pair_text_len"],
         text_mask_prob=cfg["text_mask_prob"], pair_mask_prob=cfg["pair_mask_prob"],

@@ -228,14 +228,16 @@ def loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale:
     return clip_loss(image_features, text_features, logit_scale)[0]
 
 
-def build_transform(split: str, img_size: int = 384, quirks: str = "fixed", randaug: bool = False):
+def build_transform(split: str, img_size: int = 384, quirks: str = "fixed", randaug: bool = False,
+                    augment: str = "official"):
     """The official VL image transform for ``split`` (``train``, ``val``, ``test``).
 
     ``quirks="official"`` gives the validation split the training augmentation, as the official loader.
     """
     from tasks.data.transforms import build_vl_transform
 
-    return build_vl_transform(is_train=transform_is_train(split, quirks), img_size=img_size, randaug=randaug)
+    return build_vl_transform(is_train=transform_is_train(split, quirks), img_size=img_size, randaug=randaug,
+                              augment=augment)
 
 
 # ------------------------------------------------------------------- the intermediate ITC stage (Table 10)
@@ -261,6 +263,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "img_size": None,  # default: the model's input size
     "max_len": 64,
     "randaug": False,
+    "augment": "official",  # official | label_safe (synthetic profiles; tasks.data.transforms)
     "quirks": "fixed",
     "num_workers": 0,
 }
@@ -302,7 +305,7 @@ def _annotation(cfg: Mapping[str, Any], root: DataRoot) -> Path:
 def _karpathy(cfg: Mapping[str, Any], root: DataRoot, split: str, transform_split: str):
     from tasks.data.karpathy import KarpathyCaptions
 
-    transform = build_transform(transform_split, cfg["img_size"], cfg["quirks"], cfg["randaug"])
+    transform = build_transform(transform_split, cfg["img_size"], cfg["quirks"], cfg["randaug"], cfg["augment"])
     return KarpathyCaptions(_annotation(cfg, root), root.data, split, task="retrieval", transform=transform)
 
 
@@ -332,7 +335,7 @@ def build_data(data_config: dict, *, model: nn.Module, seed: int, rank: int = 0,
             raise ValueError("num_workers is not supported with source='pretraining_pairs' (a stream); set it to 0")
         pairs = ImageTextShards(_pair_shards(cfg, root), rank=rank, world_size=world_size, shuffle_shards=True,
                                 seed=seed)
-        transform = build_transform("train", cfg["img_size"], cfg["quirks"], cfg["randaug"])
+        transform = build_transform("train", cfg["img_size"], cfg["quirks"], cfg["randaug"], cfg["augment"])
         return FinetuneData(pairs, batch_collate, item_fn=TransformFields(transform), shuffle_buffer=cfg["shuffle_buffer"],
                             name="retrieval ITC pretraining pairs", **common)
     return FinetuneData(_karpathy(cfg, root, cfg["split"], "train"), batch_collate, num_workers=cfg["num_workers"],

@@ -236,14 +236,16 @@ def check_answer_vocab(
     return size
 
 
-def build_transform(split: str, img_size: int = 480, quirks: str = "fixed", randaug: bool = True):
+def build_transform(split: str, img_size: int = 480, quirks: str = "fixed", randaug: bool = True,
+                    augment: str = "official"):
     """The official VL image transform for ``split`` (``train``, ``val``, ``test``/``test-dev``).
 
     ``quirks="official"`` gives the validation split the training augmentation, as the official loader.
     """
     from tasks.data.transforms import build_vl_transform
 
-    return build_vl_transform(is_train=transform_is_train(split, quirks), img_size=img_size, randaug=randaug)
+    return build_vl_transform(is_train=transform_is_train(split, quirks), img_size=img_size, randaug=randaug,
+                              augment=augment)
 
 
 def build_dataset(
@@ -256,6 +258,7 @@ def build_dataset(
     img_size: int = 480,
     randaug: bool = True,
     quirks: str = "fixed",
+    augment: str = "official",
     **reader_kwargs: Any,
 ):
     """A :class:`tasks.data.vqa.VQAv2` reader with the split's transform; ``quirks`` goes to both.
@@ -273,7 +276,7 @@ def build_dataset(
         annotations_json=annotations_json,
         answer_vocab=answer_vocab,
         tokenizer=tokenizer,
-        transform=build_transform(split, img_size, quirks, randaug),
+        transform=build_transform(split, img_size, quirks, randaug, augment),
         quirks=quirks,
         **reader_kwargs,
     )
@@ -296,6 +299,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "img_size": None,  # default: the model's input size
     "max_len": 64,
     "randaug": True,
+    "augment": "official",  # official | label_safe (synthetic profiles; tasks.data.transforms)
     "quirks": "fixed",
     "num_workers": 0,
 }
@@ -341,7 +345,7 @@ def _dataset(cfg: Mapping[str, Any], root, split: str, vocab: Sequence[str], *, 
     annotations = root.file(cfg["annotations"].format(subtype=_subtype(split))) if split in ANNOTATED_SPLITS else None
     return build_dataset(
         _questions_path(cfg, root, split), root.file(cfg["image_root"]), transform_split, annotations_json=annotations,
-        answer_vocab=vocab, img_size=cfg["img_size"], randaug=cfg["randaug"], quirks=cfg["quirks"],
+        answer_vocab=vocab, img_size=cfg["img_size"], randaug=cfg["randaug"], quirks=cfg["quirks"], augment=cfg["augment"],
         drop_unlabeled=drop_unlabeled,
     )
 

@@ -53,6 +53,7 @@ from backbones.beit3 import (
     resize_vision_pos_table,
 )
 from backbones.checkpoint import CheckpointError, read_state_dict
+from backbones.weight_init import INIT_STD, init_linear_and_norm
 
 from .compat import safe_torch_load
 
@@ -310,15 +311,8 @@ class BEiT3ViT(BaseModule):
     def _init_random(self) -> None:
         """unilm's finetuning init: Linear truncated normal std .02 (cut at ±.02), zero bias,
         LayerNorm 1/0; position table, cls token truncated normal .02; relative tables zero."""
-        std = 0.02
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=std, a=-std, b=std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        std = INIT_STD
+        self.apply(init_linear_and_norm)
         nn.init.trunc_normal_(self.pos_embed, std=std, a=-std, b=std)
         nn.init.trunc_normal_(self.cls_token, std=std, a=-std, b=std)
 

@@ -18,8 +18,6 @@ import csv
 import dataclasses
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
@@ -29,6 +27,7 @@ from harness.ablation import Ablation, ablation_label, check_ablation
 from harness.experiments import RECIPE_NAMES, check_recipe
 from harness.gitinfo import PACKAGE_ROOT
 from harness.profiles import Profile, unknown_name_error
+from tasks.atomic import write_atomic
 
 PAPER_DIR = PACKAGE_ROOT / "results" / "paper"
 TABLES_EXPERIMENT = "beit3-tables"
@@ -276,30 +275,6 @@ def comparison_csv(rows: Sequence[ComparisonRow]) -> str:
     return buf.getvalue()
 
 
-def write_atomic(path: Path | str, text: str) -> Path:
-    """Writes ``text`` to ``path`` via a temp file in the same directory and a rename.
-
-    Readers see the old file or the new one, never a partial one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would make reports private to their writer
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-# ----------------------------------------------------------------------------- specs and registry
 def load_paper(name: str, paper_dir: Path | str = PAPER_DIR) -> dict[str, Any]:
     """The paper's reference numbers for table ``name`` (``results/paper/<name>.json``).
 
@@ -473,15 +448,8 @@ def run_table(
     config = table_config(spec, profile, options, plan)
     paper = spec.paper_rows
     # The table's training runs record in the same store as the table's own run.
-    previous_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    try:
+    with tracking.use_tracking_uri(tracking_uri):
         return _run_and_record(spec, profile, options, plan, config, paper, out_dir, results_dir, tracking_uri)
-    finally:
-        if previous_uri is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous_uri
 
 
 def _run_and_record(spec, profile, options, plan, config, paper, out_dir, results_dir, tracking_uri) -> TableOutputs:

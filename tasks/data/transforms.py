@@ -16,6 +16,15 @@ works on numpy arrays through OpenCV) with ``torchvision.transforms.v2.functiona
 tensors. Known small differences: rotation/affine resampling comes from torchvision rather than
 ``cv2.warpAffine`` (sub-pixel centre convention), and the shear direction convention is mirrored,
 which does not change the distribution because the sign is drawn at random.
+
+Augmentation policy (the data-config key ``augment``, :data:`AUGMENT_POLICIES`): ``official`` is the
+above; ``label_safe`` keeps only transforms under which every label of the benchmark world stays true.
+The world's objects may touch the image border and its texts name absolute positions (thirds of the
+image), left/right relations and colours, and its ImageNet classes are (shape, colour) pairs, so a
+random crop or translation can drop an object or move it across a named third, a flip turns "left"
+into "right", and colour operations, mixup and cutmix change a colour class. ``label_safe`` therefore
+trains on the whole image (the eval resize) with no colour op; only ImageNet, whose labels name no
+side, keeps the horizontal flip.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 __all__ = [
+    "AUGMENT_POLICIES",
     "IMAGENET_DEFAULT_MEAN",
     "IMAGENET_DEFAULT_STD",
     "VL_MEAN",
@@ -43,8 +53,10 @@ __all__ = [
     "RandomAugment",
     "build_imagenet_transform",
     "build_vl_transform",
+    "check_augment",
 ]
 
+AUGMENT_POLICIES = ("official", "label_safe")
 VL_MEAN = IMAGENET_INCEPTION_MEAN  # (0.5, 0.5, 0.5)
 VL_STD = IMAGENET_INCEPTION_STD  # (0.5, 0.5, 0.5)
 
@@ -164,11 +176,20 @@ class RandomAugment:
                 f"fill={self.fill}, translate_const={self.translate_const}, ops={list(self.ops)})")
 
 
+def check_augment(augment: str) -> str:
+    """``augment`` if it is one of :data:`AUGMENT_POLICIES`; else a ``ValueError`` listing them."""
+    if augment not in AUGMENT_POLICIES:
+        raise ValueError(f"data config 'augment': unknown augmentation policy {augment!r}; "
+                         f"use one of {', '.join(AUGMENT_POLICIES)}")
+    return augment
+
+
 def _to_normalized_tensor(mean, std) -> list:
     return [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
 
 
-def build_vl_transform(is_train: bool, img_size: int, randaug: bool = True) -> v2.Compose:
+def build_vl_transform(is_train: bool, img_size: int, randaug: bool = True,
+                       augment: str = "official") -> v2.Compose:
     """Image transform for the vision-language tasks (PIL RGB in, float CHW tensor in [-1, 1] out).
 
     Args:
@@ -176,10 +197,12 @@ def build_vl_transform(is_train: bool, img_size: int, randaug: bool = True) -> v
         img_size: output side S.
         randaug: add :class:`RandomAugment` (N=2, M=7) in training; the official recipes turn it on
             for VQAv2 and captioning, off for NLVR2.
+        augment: ``official``, or ``label_safe``: training uses the eval squash too (no crop, no flip
+            without swapping left/right in the texts, no RandAugment; see the module docstring).
     """
     if img_size <= 0:
         raise ValueError(f"img_size must be positive, got {img_size}")
-    if not is_train:
+    if not is_train or check_augment(augment) == "label_safe":
         return v2.Compose([
             v2.Resize((img_size, img_size), interpolation=InterpolationMode.BICUBIC),
             *_to_normalized_tensor(VL_MEAN, VL_STD),
@@ -212,7 +235,7 @@ def _use_safe_posterize() -> None:
         auto_augment.NAME_TO_OP[name] = _posterize
 
 
-def build_imagenet_transform(is_train: bool, img_size: int, crop_pct: float = 1.0):
+def build_imagenet_transform(is_train: bool, img_size: int, crop_pct: float = 1.0, augment: str = "official"):
     """ImageNet-1k fine-tuning transform (official ``build_imagenet_transform``).
 
     Args:
@@ -220,9 +243,18 @@ def build_imagenet_transform(is_train: bool, img_size: int, crop_pct: float = 1.
         img_size: output side S. As upstream, S <= 32 replaces the random resized crop by
             ``RandomCrop(S, padding=4)`` in training and skips resize/crop in eval.
         crop_pct: eval resize is ``int(S / crop_pct)`` before the centre crop (official default 1.0).
+        augment: ``official``, or ``label_safe``: training resizes the whole image and flips it
+            horizontally, nothing else (no crop, RandAugment, colour jitter or random erasing; mixup
+            and cutmix are the task's to leave out).
     """
     if img_size <= 0 or not 0.0 < crop_pct <= 1.0:
         raise ValueError(f"need img_size > 0 and 0 < crop_pct <= 1, got {img_size}, {crop_pct}")
+    if is_train and check_augment(augment) == "label_safe":
+        return v2.Compose([
+            v2.Resize((img_size, img_size), interpolation=InterpolationMode.BICUBIC),
+            v2.RandomHorizontalFlip(),
+            *_to_normalized_tensor(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+        ])
     resize_im = img_size > 32
     if is_train:
         _use_safe_posterize()  # before create_transform: timm binds its ops when it builds them
