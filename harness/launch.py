@@ -134,7 +134,8 @@ def run_training(cfg: TrainConfig) -> TrainResult:
 def count_skipped(data: Any) -> int:
     """Records the data's readers skipped as bad (``skip_bad``): their ``num_skipped`` and
     ``num_bad_shards``, on this process (map-style readers count their whole split at construction)."""
-    readers = [data, getattr(data, "source", None), *dict(getattr(data, "readers", None) or {}).values()]
+    readers = [data, getattr(data, "source", None), getattr(data, "reader", None),
+               *dict(getattr(data, "readers", None) or {}).values()]
     readers += [getattr(reader, "source", None) for reader in list(readers)]
     seen, total = set(), 0
     for reader in readers:

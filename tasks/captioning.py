@@ -713,6 +713,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "randaug": True,
     "quirks": "fixed",
     "num_workers": 0,
+    "skip_bad": False,  # skip (and count, data.num_skipped) malformed records instead of raising
     "grad_accum_steps": 1,  # the trainer's: global_step counts optimizer steps
 }
 
@@ -732,7 +733,8 @@ def _captions(cfg: Mapping[str, Any], root: DataRoot, split: str, transform_spli
     from tasks.data.transforms import build_vl_transform
 
     transform = build_vl_transform(transform_is_train(transform_split, cfg["quirks"]), cfg["img_size"], cfg["randaug"])
-    return KarpathyCaptions(root.file(cfg["annotation"]), root.data, split, task="captioning", transform=transform)
+    return KarpathyCaptions(root.file(cfg["annotation"]), root.data, split, task="captioning", transform=transform,
+                            skip_bad=cfg["skip_bad"])
 
 
 def _collate(items: Sequence[Mapping[str, Any]], generator: torch.Generator, *, tokenizer: Any, max_len: int,

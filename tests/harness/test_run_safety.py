@@ -372,3 +372,34 @@ def test_a_generated_world_is_identified_by_its_version():
     cfg = TrainConfig(data={"root": "world:smoke"})
     assert cfg.semantic_dict()["data_identity"] == f"world:smoke:seed=0:version={VERSION}"
     assert "data_identity" not in TrainConfig().semantic_dict()  # no data root, nothing to identify
+
+
+def test_skip_bad_is_a_data_key_that_reaches_the_reader_and_the_run_metrics(tmp_path, smoke_dirs, monkeypatch):
+    import shutil
+
+    from backbones.tokenizers import TextTokenizer
+    from harness.launch import run_training
+    from harness.world import ensure_world
+    from tasks.data.images import DataError
+
+    world = tmp_path / "world"
+    shutil.copytree(ensure_world("smoke", root=smoke_dirs), world)
+    with open(world / "nlvr2" / "data" / "train.json", "a") as stream:
+        stream.write("{not json\n")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    vocab_size = TextTokenizer(world / "spm" / "world.model").vocab_size
+    cfg = TrainConfig(task="nlvr2", model_overrides={"img_size": 32, "patch_size": 16, "embed_dim": 32, "depth": 1,
+                                                     "num_heads": 2, "vocab_size": vocab_size},
+                      data={"root": str(world), "batch_size": 2}, max_steps=1, warmup_steps=0, progress=False,
+                      out_dir=str(tmp_path / "strict"), experiment="t-skip", run_name="nlvr2-strict")
+    with pytest.raises(DataError, match="train.json"):
+        run_training(cfg)
+    lenient = dataclasses.replace(cfg, data={**cfg.data, "skip_bad": True}, out_dir=str(tmp_path / "lenient"),
+                                  run_name="nlvr2-lenient")
+    assert train_config_hash(lenient) != train_config_hash(cfg)
+    run_training(lenient)
+    client = MlflowClient(uri)
+    (finished,) = client.search_runs([client.get_experiment_by_name("t-skip").experiment_id],
+                                     filter_string="attributes.status = 'FINISHED'")
+    assert finished.data.metrics["data.num_skipped"] == 1
