@@ -26,7 +26,7 @@ from typing import Any
 from .ablation import Ablation, ablation_label, apply_ablation
 from .checkpointing import LineageError, file_sha256, latest_checkpoint
 from .config import TrainConfig, load_train_config, run_identity, train_config_hash
-from .locks import exclusive
+from .locks import HELD_ENV, exclusive
 from .gitinfo import PACKAGE_ROOT
 from .profiles import Profile, unknown_name_error
 from .tracking import find_finished_run, mark_stale_runs_killed, resolve_tracking_uri
@@ -221,7 +221,8 @@ def launch_torchrun(cfg: TrainConfig, nproc: int) -> None:
             stream.write(f"{key} = {value!r}\n")
     try:
         subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                        str(nproc), "-m", "harness.train", path], check=True)
+                        str(nproc), "-m", "harness.train", path], check=True,
+                       env={**os.environ, HELD_ENV: str(Path(cfg.out_dir).absolute())})
     finally:
         os.unlink(path)
 

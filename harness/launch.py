@@ -146,6 +146,20 @@ def count_skipped(data: Any) -> int:
     return total
 
 
+def run_directory_lock(cfg: TrainConfig) -> Any:
+    """The lock of ``cfg.out_dir`` for a run launched from the command line: taken by rank 0, unless the
+    process that launched this one holds it (``harness run --nproc N`` under torchrun)."""
+    import contextlib
+    import os
+
+    from .locks import HELD_ENV, exclusive
+
+    out_dir = Path(cfg.out_dir).absolute()
+    if os.environ.get(HELD_ENV) == str(out_dir) or int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return exclusive(out_dir, f"run directory {out_dir}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``CONFIG.py [key=value ...] [--debug]``: load, override, train; prints the final step and losses.
     Errors a user can cause print one line and exit 2 (``--debug``: with the traceback)."""
@@ -160,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args else 2
     try:
         cfg = load_train_config(args[0], parse_overrides(args[1:]))
-        result = run_training(cfg)
+        with run_directory_lock(cfg):
+            result = run_training(cfg)
     except USER_ERRORS as err:
         if debug:
             raise

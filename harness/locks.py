@@ -23,6 +23,8 @@ from typing import Iterator
 from filelock import FileLock, Timeout
 
 TIMEOUT_ENV = "BEIT3_LOCK_TIMEOUT_S"
+# Set by a process that holds a run directory's lock for the torchrun children it launches there.
+HELD_ENV = "BEIT3_RUN_LOCK_HELD"
 
 
 class LockedError(RuntimeError):
