@@ -6,8 +6,9 @@
     harness report table2 --profile smoke     # reports/table2.{md,tex,html} from MLflow alone
     harness data world --profile smoke --out data/world-smoke
 
-Bad names (table, profile) and an unreachable tracking store end with one message on stderr
-and exit code 2, before any work starts.
+Bad names (table, profile), an unreachable tracking store and output folders that cannot be written
+end with one message on stderr and exit code 2, before any work starts; so does every other error a
+user can cause (data, checkpoint, config, store), when it happens (``--debug``: with the traceback).
 """
 
 from __future__ import annotations
@@ -16,16 +17,17 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
-from harness.ablation import SWITCHES, AblationError, ablation_label, parse_ablation
+from harness.ablation import SWITCHES, ablation_label, parse_ablation
+from harness.errors import EXIT_USAGE, USER_ERRORS, one_line
 from harness.experiments import RECIPE_NAMES
-from harness.profiles import PROFILES, Profile, UnknownNameError, get_profile, list_profiles
-from harness.reporting import FORMATS, ReportError, parse_formats, report_tables
+from harness.profiles import PROFILES, Profile, get_profile, list_profiles
+from harness.reporting import FORMATS, parse_formats, report_tables
 from harness.tables import (
     RunOptions,
-    TableNotImplementedError,
     TableSpec,
     captions,
     get_table,
@@ -33,9 +35,7 @@ from harness.tables import (
     run_table,
     table_config,
 )
-from harness.tracking import TrackingUnavailableError, check_tracking_uri, config_hash, resolve_tracking_uri
-
-EXIT_USAGE = 2
+from harness.tracking import check_tracking_uri, config_hash, resolve_tracking_uri
 
 
 class UsageError(ValueError):
@@ -140,6 +140,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking_uri(uri)  # before any work: a bad store must not cost a training run
+    from harness.experiments import runs_root
+
+    for option, folder in (("--out", args.out), ("--results-dir", args.results_dir), ("$BEIT3_RUNS_DIR", runs_root())):
+        check_writable_dir(Path(folder), option)  # nor an output folder found unwritable at the end
     for spec in specs:
         outputs = run_table(
             spec, profile, options, out_dir=args.out, results_dir=args.results_dir, tracking_uri=uri
@@ -150,6 +154,28 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"MLflow run {outputs.run_id} (experiment beit3-tables) in {uri}"
         )
     return 0
+
+
+def check_writable_dir(folder: Path, option: str) -> None:
+    """``folder`` can be created (if missing) and written; the probe leaves nothing behind.
+
+    Raises:
+        UsageError: naming the option, the folder and why.
+    """
+    created, probe = [], folder.absolute()
+    while not probe.exists() and probe != probe.parent:
+        created.append(probe)
+        probe = probe.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as err:
+        raise UsageError(f"{option} {folder} cannot be written ({err.strerror or err}); "
+                         "choose a writable directory") from None
+    finally:
+        for path in created:  # innermost first
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
 
 
 # ----------------------------------------------------------------------------- report
@@ -210,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
             "harness data world --profile smoke --out data/world-smoke",
         ),
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of errors (default: one line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p_list = sub.add_parser(
@@ -317,14 +344,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return args.handler(args)
-    except (UnknownNameError, TableNotImplementedError, TrackingUnavailableError, UsageError, AblationError,
-            ReportError) as err:
-        print(f"harness: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
     except BrokenPipeError:
         # The reader went away (`harness list models | head`): not an error of the harness.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        print(f"harness: error: {one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

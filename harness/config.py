@@ -17,10 +17,12 @@ from backbones.suggest import did_you_mean
 from .tracking import config_hash
 
 # Keys that say where/how a run is stored, not what it computes: left out of the config hash.
-# The parent's checkpoint path and run id are left out too: ``parent_config_hash`` already pins it.
+# The parent's checkpoint path and run id are left out too: ``parent_config_hash`` pins the parent's
+# config, and ``parent_weights_sha256`` (known once the parent ran) joins it in ``run_identity``,
+# so that planned config hashes stay those of the runs.
 NON_SEMANTIC_KEYS = (
     "out_dir", "resume", "log_interval", "progress", "tracking_uri", "experiment", "run_name",
-    "init_from", "parent_run_id",
+    "init_from", "parent_run_id", "parent_weights_sha256",
 )
 
 
@@ -79,6 +81,7 @@ class TrainConfig:
     run_name: str = ""
     parent_run_id: str = ""
     parent_config_hash: str = ""
+    parent_weights_sha256: str = ""  # sha256 of the init_from file of a derived run
 
     def __post_init__(self) -> None:
         choices = {"precision": ("fp32", "bf16", "fp16"), "parallel": ("ddp", "fsdp")}
@@ -96,12 +99,29 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def semantic_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.to_dict().items() if k not in NON_SEMANTIC_KEYS}
+        """What the run computes: the config without storage/logging keys, plus the identity of the
+        data it reads (``harness.data_identity``), so a changed data set is another config."""
+        from .data_identity import data_identity
+
+        semantic = {k: v for k, v in self.to_dict().items() if k not in NON_SEMANTIC_KEYS}
+        identity = data_identity(self.data)
+        if identity:
+            semantic["data_identity"] = identity
+        return semantic
 
 
 def train_config_hash(config: TrainConfig) -> str:
     """The tracking config hash of what the run computes (storage/logging keys left out)."""
     return config_hash(config.semantic_dict())
+
+
+def run_identity(config: TrainConfig) -> str:
+    """The config hash, joined for a derived run with the sha256 of the weights it starts from: two
+    runs are the same computation only if both agree (run directory, resume check, reuse)."""
+    digest = train_config_hash(config)
+    if not config.parent_weights_sha256:
+        return digest
+    return config_hash({"config_hash": digest, "parent_weights_sha256": config.parent_weights_sha256})
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:

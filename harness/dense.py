@@ -30,6 +30,7 @@ import json
 import math
 import os
 import re
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field

@@ -1,10 +1,15 @@
 """Experiments: training runs as nodes of a graph (pretraining -> intermediate -> finetune -> eval).
 
 A node is a :class:`TrainConfig` and, for a derived run, its parent. :func:`ensure_run` makes the node
-exist exactly once: a FINISHED MLflow run with the same config hash (whose checkpoint is still on
-disk) is reused; an interrupted one resumes from the checkpoints in its run directory; otherwise it
-runs. A derived run starts from its parent's checkpoint and carries the parent's run id and config
-hash; the parent's hash is part of the child's hash, so retraining a parent invalidates its children.
+exist exactly once: a FINISHED MLflow run with the same identity (whose weights are still on disk,
+with the sha256 it recorded) is reused; an interrupted one resumes from the checkpoints in its run
+directory, continuing its MLflow run; otherwise it runs. One process at a time works on a run (a
+file lock on its directory): a second waits, then reuses what the first finished.
+
+A derived run starts from its parent's weights and carries the parent's run id, config hash and
+weights sha256; the parent's config hash is part of the child's config hash and the weights hash of
+its identity (``config.run_identity``), so retraining a parent invalidates its children and a child
+never reuses a run made from other weights. A parent whose weights are gone or changed is refused.
 """
 from __future__ import annotations
 
@@ -20,11 +25,12 @@ from typing import Any
 from tasks.data.world_root import world_profile
 
 from .ablation import Ablation, ablation_label, apply_ablation
-from .checkpointing import latest_checkpoint
-from .config import TrainConfig, load_train_config, train_config_hash
+from .checkpointing import LineageError, file_sha256, latest_checkpoint
+from .config import TrainConfig, load_train_config, run_identity, train_config_hash
+from .locks import HELD_ENV, exclusive
 from .gitinfo import PACKAGE_ROOT
 from .profiles import Profile, unknown_name_error
-from .tracking import find_finished_run, resolve_tracking_uri, use_tracking_uri
+from .tracking import find_finished_run, mark_stale_runs_killed, resolve_tracking_uri, use_tracking_uri
 
 CONFIG_ROOT = PACKAGE_ROOT / "configs"
 RECIPES: dict[str, tuple[str, ...]] = {
@@ -42,10 +48,14 @@ class RunRecord:
     name: str
     run_id: str
     config_hash: str
-    checkpoint: str
+    checkpoint: str  # the final weights file
     status: str  # "reused" | "ran" | "resumed"
     metrics: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def weights_sha256(self) -> str:
+        return self.tags.get("weights_sha256", "")
 
 
 def runs_root() -> Path:
@@ -100,8 +110,27 @@ def pretraining_configs(profile: Profile, seeds: int, recipes: tuple[str, ...] =
             for cfg in recipe_configs(recipe, profile, seed, ablation)]
 
 
+def weights_problem(record: RunRecord) -> str:
+    """Why ``record``'s weights cannot be trusted ("" when its file exists with the recorded sha256)."""
+    if not record.checkpoint:
+        return "it records no weights file"
+    if not Path(record.checkpoint).is_file():
+        return f"its weights {record.checkpoint} are missing"
+    if not record.weights_sha256:
+        return f"it records no sha256 of its weights {record.checkpoint}"
+    actual = file_sha256(record.checkpoint)
+    if actual != record.weights_sha256:
+        return (f"its weights {record.checkpoint} have sha256 {actual[:12]}, "
+                f"not the {record.weights_sha256[:12]} it recorded")
+    return ""
+
+
 def derive(cfg: TrainConfig, parent: RunRecord | None) -> TrainConfig:
-    """``cfg`` started from ``parent``'s weights, carrying its run id and config hash."""
+    """``cfg`` started from ``parent``'s weights, carrying its run id, config hash and weights hash.
+
+    Raises:
+        LineageError: the parent's weights are missing or differ from what it recorded.
+    """
     if parent is None:
         return cfg
     if cfg.parent_config_hash and cfg.parent_config_hash != parent.config_hash:
@@ -109,8 +138,12 @@ def derive(cfg: TrainConfig, parent: RunRecord | None) -> TrainConfig:
             f"{cfg.run_name} was planned to descend from config {cfg.parent_config_hash[:12]}, "
             f"but the parent run {parent.run_id} has config {parent.config_hash[:12]}"
         )
+    problem = weights_problem(parent)
+    if problem:
+        raise LineageError(f"{cfg.run_name} cannot start from run {parent.name} ({parent.run_id}): {problem}; "
+                           f"rerun the command to train {parent.name} again")
     return dataclasses.replace(cfg, init_from=parent.checkpoint, parent_run_id=parent.run_id,
-                               parent_config_hash=parent.config_hash)
+                               parent_config_hash=parent.config_hash, parent_weights_sha256=parent.weights_sha256)
 
 
 def _record(name: str, run: Any, status: str) -> RunRecord:
@@ -119,15 +152,22 @@ def _record(name: str, run: Any, status: str) -> RunRecord:
                      checkpoint=tags.get("checkpoint", ""), status=status, metrics=dict(run.data.metrics), tags=tags)
 
 
+def _identity_tags(cfg: TrainConfig) -> dict[str, str]:
+    return {"parent_weights_sha256": cfg.parent_weights_sha256} if cfg.parent_weights_sha256 else {}
+
+
 def find_reusable(cfg: TrainConfig, tracking_uri: str | None = None) -> RunRecord | None:
-    run = find_finished_run(cfg.experiment, train_config_hash(cfg), tracking_uri=tracking_uri)
-    if run is None or not Path(run.data.tags.get("checkpoint", "")).is_file():
+    """The FINISHED run of ``cfg``'s identity whose weights are on disk with their recorded sha256."""
+    run = find_finished_run(cfg.experiment, train_config_hash(cfg), tracking_uri=tracking_uri,
+                            tags=_identity_tags(cfg))
+    if run is None:
         return None
-    return _record(cfg.run_name, run, "reused")
+    record = _record(cfg.run_name, run, "reused")
+    return None if weights_problem(record) else record
 
 
 def run_dir(cfg: TrainConfig) -> Path:
-    return runs_root() / cfg.experiment / f"{cfg.run_name}-{train_config_hash(cfg)[:12]}"
+    return runs_root() / cfg.experiment / f"{cfg.run_name}-{run_identity(cfg)[:12]}"
 
 
 def ensure_run(cfg: TrainConfig, parent: RunRecord | None = None, *, tracking_uri: str | None = None,
@@ -139,8 +179,18 @@ def ensure_run(cfg: TrainConfig, parent: RunRecord | None = None, *, tracking_ur
     if reusable is not None:
         return reusable
     out_dir = run_dir(cfg)
-    cfg = dataclasses.replace(cfg, out_dir=str(out_dir), resume=True)
-    status = "resumed" if latest_checkpoint(out_dir) is not None else "ran"
+    with exclusive(out_dir, f"run {cfg.run_name}"):
+        reusable = find_reusable(cfg, uri)  # a process that held the lock may have finished it
+        if reusable is not None:
+            return reusable
+        # We hold the lock, so a RUNNING run of this identity has no live process behind it.
+        mark_stale_runs_killed(cfg.experiment, train_config_hash(cfg), tracking_uri=uri, tags=_identity_tags(cfg))
+        return _train(dataclasses.replace(cfg, out_dir=str(out_dir), resume=True), uri, nproc)
+
+
+def _train(cfg: TrainConfig, uri: str, nproc: int) -> RunRecord:
+    """Run (or resume) ``cfg`` in its run directory, recording into ``uri``; the caller holds its lock."""
+    status = "resumed" if latest_checkpoint(cfg.out_dir) is not None else "ran"
     with use_tracking_uri(uri):  # the trainer (and torchrun children) record there
         if nproc > 1:
             launch_torchrun(cfg, nproc)
@@ -148,10 +198,13 @@ def ensure_run(cfg: TrainConfig, parent: RunRecord | None = None, *, tracking_ur
             from .launch import run_training
 
             run_training(cfg)
-    run = find_finished_run(cfg.experiment, train_config_hash(cfg), tracking_uri=uri)
+    run = find_finished_run(cfg.experiment, train_config_hash(cfg), tracking_uri=uri, tags=_identity_tags(cfg))
     if run is None:
         raise RuntimeError(f"run {cfg.run_name} ended without a FINISHED MLflow run in {uri}")
-    return _record(cfg.run_name, run, status)
+    record = _record(cfg.run_name, run, status)
+    if weights_problem(record):
+        raise LineageError(f"run {cfg.run_name} ({record.run_id}) ended FINISHED but {weights_problem(record)}")
+    return record
 
 
 def launch_torchrun(cfg: TrainConfig, nproc: int) -> None:
@@ -162,7 +215,8 @@ def launch_torchrun(cfg: TrainConfig, nproc: int) -> None:
             stream.write(f"{key} = {value!r}\n")
     try:
         subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                        str(nproc), "-m", "harness.train", path], check=True)
+                        str(nproc), "-m", "harness.train", path], check=True,
+                       env={**os.environ, HELD_ENV: str(Path(cfg.out_dir).absolute())})
     finally:
         os.unlink(path)
 

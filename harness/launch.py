@@ -10,6 +10,7 @@ import ast
 import dataclasses
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, TrainConfig, load_train_config
@@ -23,7 +24,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep:
-            raise SystemExit(f"override {pair!r} is not key=value")
+            raise ConfigError(f"override {pair!r} is not key=value")
         try:
             overrides[key] = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
@@ -85,6 +86,8 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     """
     import tasks
 
+    from .checkpointing import LineageError, checkpoint_run_id, file_sha256
+    from .config import run_identity
     from .tracking import start_run
 
     with process_group() as info:
@@ -102,32 +105,83 @@ def run_training(cfg: TrainConfig) -> TrainResult:
         # The run records the semantic config, so its config_hash tag is train_config_hash(cfg), the
         # key under which finished runs are found and reused; where it is stored goes into tags.
         tags = {"profile": cfg.profile, "seed": str(cfg.seed), "task": cfg.task, "model": cfg.model,
-                "world_size": str(info.world_size), "out_dir": cfg.out_dir, "init_from": cfg.init_from}
+                "world_size": str(info.world_size), "out_dir": cfg.out_dir, "init_from": cfg.init_from,
+                "run_identity": run_identity(cfg)}
+        if cfg.parent_weights_sha256:
+            tags["parent_weights_sha256"] = cfg.parent_weights_sha256
+        # A resumed run continues the MLflow run its checkpoint recorded: one history per run.
+        continue_run_id = checkpoint_run_id(cfg.out_dir) if cfg.resume else ""
         with start_run(cfg.experiment, cfg.run_name or cfg.task, cfg.semantic_dict(), tags,
-                       parent_run_id=cfg.parent_run_id or None) as tracker:
+                       parent_run_id=cfg.parent_run_id or None, continue_run_id=continue_run_id) as tracker:
             result = train(scheduled, model, data, info=info, tracker=tracker, step_fn=step_fn)
+            # FINISHED only with its weights on disk and their hash recorded: derived runs check both.
+            if not result.weights or not Path(result.weights).is_file():
+                raise LineageError(f"run {cfg.run_name or cfg.task} ended at step {result.step} without its final "
+                                   f"weights ({result.weights or 'none exported'}) in {cfg.out_dir}; rerun it")
             final = {f"final.{k}": v for k, v in result.losses.items()}
             final.update({"wall_time_s": result.wall_time_s, "samples_per_s_overall": result.samples_per_s})
             final.update({f"data.{k}": float(v) * (1 if k == "steps" else info.world_size)
                           for k, v in getattr(data, "stats", dict)().items()
                           if isinstance(v, (int, float))})
+            final["data.num_skipped"] = float(count_skipped(data))
             tracker.log_metrics(final, step=result.step)
             tracker.set_tags({"final_step": str(result.step), "checkpoint": result.weights,
+                              "weights_sha256": file_sha256(result.weights),
                               "resume_checkpoint": result.checkpoint,
                               "resumed_from_step": str(result.resumed_from_step)})
             return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``CONFIG.py [key=value ...]``: load, override, train; prints the final step and losses."""
-    from . import train as trainer
+def count_skipped(data: Any) -> int:
+    """Records the data's readers skipped as bad (``skip_bad``): their ``num_skipped`` and
+    ``num_bad_shards``, on this process (map-style readers count their whole split at construction)."""
+    readers = [data, getattr(data, "source", None), getattr(data, "reader", None),
+               *dict(getattr(data, "readers", None) or {}).values()]
+    readers += [getattr(reader, "source", None) for reader in list(readers)]
+    seen, total = set(), 0
+    for reader in readers:
+        if reader is None or id(reader) in seen:
+            continue
+        seen.add(id(reader))
+        total += sum(int(getattr(reader, name, 0) or 0) for name in ("num_skipped", "num_bad_shards"))
+    return total
 
-    args = sys.argv[1:] if argv is None else argv
+
+def run_directory_lock(cfg: TrainConfig) -> Any:
+    """The lock of ``cfg.out_dir`` for a run launched from the command line: taken by rank 0, unless the
+    process that launched this one holds it (``harness run --nproc N`` under torchrun)."""
+    import contextlib
+    import os
+
+    from .locks import HELD_ENV, exclusive
+
+    out_dir = Path(cfg.out_dir).absolute()
+    if os.environ.get(HELD_ENV) == str(out_dir) or int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return exclusive(out_dir, f"run directory {out_dir}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``CONFIG.py [key=value ...] [--debug]``: load, override, train; prints the final step and losses.
+    Errors a user can cause print one line and exit 2 (``--debug``: with the traceback)."""
+    from . import train as trainer
+    from .errors import EXIT_USAGE, USER_ERRORS, one_line
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
     if not args or args[0] in ("-h", "--help"):
         print(trainer.__doc__)
         return 0 if args else 2
-    cfg = load_train_config(args[0], parse_overrides(args[1:]))
-    result = run_training(cfg)
+    try:
+        cfg = load_train_config(args[0], parse_overrides(args[1:]))
+        with run_directory_lock(cfg):
+            result = run_training(cfg)
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        print(f"harness.train: error: {one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
     print(f"finished step {result.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in result.losses.items()))
     return 0
 

@@ -32,7 +32,7 @@ from .checkpointing import (
     save_checkpoint,
     training_state,
 )
-from .config import TrainConfig, train_config_hash
+from .config import TrainConfig, run_identity, train_config_hash
 from .distributed import DistInfo, all_reduce_mean, full_state, gather_objects, unwrap, wrap_parallel
 from .optim import WarmupCosineSchedule, build_optimizer
 
@@ -101,7 +101,7 @@ def train(
     """Train ``model`` on ``data`` for ``cfg.max_steps`` optimizer steps; returns what Table 3 reports."""
     info = info or DistInfo()
     device = info.device
-    chash = train_config_hash(cfg)
+    chash, identity = train_config_hash(cfg), run_identity(cfg)
     torch.manual_seed(cfg.seed + info.rank)
 
     # ---- model, optimizer, scaler
@@ -115,11 +115,13 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
 
     # ---- resume from the latest checkpoint of this run, or start (possibly from init_from weights)
-    step, resumed_from = 0, 0
-    ckpt = resume_checkpoint(cfg.out_dir, chash) if cfg.resume else None
+    # The earlier lives of the run: its last logged averages, wall time and samples, summed on.
+    step, resumed_from, logged, earlier_wall, earlier_samples = 0, 0, {}, 0.0, 0
+    ckpt = resume_checkpoint(cfg.out_dir, identity) if cfg.resume else None
     if ckpt is not None:
         step = resumed_from = restore_training_state(ckpt, model=model, optimizer=optimizer, scheduler=schedule,
                                                      scaler=scaler, data=data, parallel=cfg.parallel, info=info)
+        logged, earlier_wall, earlier_samples = dict(ckpt["logged"]), ckpt["wall_time_s"], ckpt["samples_seen"]
         del ckpt
     elif cfg.init_from:
         from backbones import load_checkpoint
@@ -133,7 +135,6 @@ def train(
 
         progress = tqdm(total=cfg.max_steps, initial=step, desc=cfg.run_name or cfg.task, dynamic_ncols=True, file=sys.stderr)
     sums: dict[str, float] = {}
-    logged: dict[str, float] = {}
     window_samples, window_start = 0, time.perf_counter()
     run_start, samples_seen, last_ckpt, weights = time.perf_counter(), 0, "", ""
     model.train()
@@ -200,14 +201,25 @@ def train(
                 last_ckpt = str(save_checkpoint(cfg.out_dir, step, training_state(
                     step=step, model=model_state, optimizer=optim_state, scheduler=schedule.state_dict(),
                     scaler=scaler.state_dict(), rng=rngs, data=data.state_dict(), config=cfg.to_dict(),
-                    config_hash=chash, git_commit=_git_commit(), mlflow_run_id=getattr(tracker, "run_id", ""),
+                    config_hash=chash, run_identity=identity, git_commit=_git_commit(),
+                    mlflow_run_id=getattr(tracker, "run_id", ""), logged=logged,
+                    wall_time_s=earlier_wall + time.perf_counter() - run_start,
+                    samples_seen=earlier_samples + samples_seen + window_samples,
                 ), cfg.keep_last))
         if progress is not None:
             progress.update(1)
 
     if progress is not None:
         progress.close()
-    wall = time.perf_counter() - run_start
+    if step == cfg.max_steps and resumed_from == cfg.max_steps:
+        # Resumed at its final step (killed between the last checkpoint and the end of the run):
+        # the final weights are exported again from that checkpoint, so the run never ends without them.
+        model_state, _ = full_state(model, optimizer, cfg.parallel, info)
+        if info.is_main:
+            weights = str(export_weights(cfg.out_dir, model_state))
+            last_ckpt = str(latest_checkpoint(cfg.out_dir) or "")
+    wall = earlier_wall + time.perf_counter() - run_start
+    samples_seen += earlier_samples
     return TrainResult(
         step=step, losses={k: v for k, v in logged.items() if k != "lr"}, wall_time_s=wall,
         samples_per_s=samples_seen / max(wall, 1e-9), samples_seen=samples_seen, checkpoint=last_ckpt,

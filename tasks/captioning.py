@@ -716,6 +716,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "augment": "official",  # official | label_safe (synthetic profiles; tasks.data.transforms)
     "quirks": "fixed",
     "num_workers": 0,
+    "skip_bad": False,  # skip (and count, data.num_skipped) malformed records instead of raising
     "grad_accum_steps": 1,  # the trainer's: global_step counts optimizer steps
 }
 
@@ -736,7 +737,8 @@ def _captions(cfg: Mapping[str, Any], root: DataRoot, split: str, transform_spli
 
     transform = build_vl_transform(transform_is_train(transform_split, cfg["quirks"]), cfg["img_size"], cfg["randaug"],
                                    augment=cfg["augment"])
-    return KarpathyCaptions(root.file(cfg["annotation"]), root.data, split, task="captioning", transform=transform)
+    return KarpathyCaptions(root.file(cfg["annotation"]), root.data, split, task="captioning", transform=transform,
+                            skip_bad=cfg["skip_bad"])
 
 
 def _collate(items: Sequence[Mapping[str, Any]], generator: torch.Generator, *, tokenizer: Any, max_len: int,

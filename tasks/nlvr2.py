@@ -177,6 +177,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "augment": "official",  # official | label_safe (synthetic profiles; tasks.data.transforms)
     "quirks": "fixed",
     "num_workers": 0,
+    "skip_bad": False,  # skip (and count, data.num_skipped) malformed records instead of raising
 }
 SPLITS = ("train", "dev", "test1")
 
@@ -213,7 +214,7 @@ def _dataset(cfg: Mapping[str, Any], root: DataRoot, split: str, transform_split
     from tasks.data.nlvr2 import NLVR2
 
     transform = build_transform(transform_split, cfg["img_size"], cfg["quirks"], cfg["randaug"], cfg["augment"])
-    return NLVR2(_data_file(cfg, root, split), root.data, split, transform=transform)
+    return NLVR2(_data_file(cfg, root, split), root.data, split, transform=transform, skip_bad=cfg["skip_bad"])
 
 
 def build_data(data_config: dict, *, model: nn.Module, seed: int, rank: int = 0, world_size: int = 1) -> FinetuneData:

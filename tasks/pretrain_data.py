@@ -567,6 +567,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "pair_image_mask_ratio": 0.0,
     "shuffle_buffer": 0,
     "augment": "official",  # official | label_safe (pretraining_transforms)
+    "skip_bad": False,  # skip (and count, data.num_skipped) malformed records instead of raising
 }
 
 
@@ -661,7 +662,8 @@ def build_pretraining_data(
     if "image" in streams:
         images = ImageFolderSource(_under(root, cfg["images"]))
     if "text" in streams:
-        texts = TextCorpus([_under(root, p) for p in cfg["texts"]], rank=rank, world_size=world_size)
+        texts = TextCorpus([_under(root, p) for p in cfg["texts"]], rank=rank, world_size=world_size,
+                           skip_bad=cfg["skip_bad"])
     if "pair" in streams:
         from pathlib import Path
 
@@ -669,7 +671,7 @@ def build_pretraining_data(
             else sorted(str(p) for p in Path("/").glob(cfg["pairs"].lstrip("/")))
         if not shards:
             raise DataError(f"no pair shards match {cfg['pairs']!r} under {root}")
-        pairs = ImageTextShards(shards, rank=rank, world_size=world_size, seed=seed)
+        pairs = ImageTextShards(shards, rank=rank, world_size=world_size, seed=seed, skip_bad=cfg["skip_bad"])
     if "image" in streams or cfg["pair_image_mask_ratio"] > 0:
         spec = dict(cfg["visual_tokenizer"])
         if spec.get("type", "codebook") == "codebook":

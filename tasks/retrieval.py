@@ -266,6 +266,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "augment": "official",  # official | label_safe (synthetic profiles; tasks.data.transforms)
     "quirks": "fixed",
     "num_workers": 0,
+    "skip_bad": False,  # skip (and count, data.num_skipped) malformed records instead of raising
 }
 DATASETS = {"coco": ("coco_karpathy", "dataset_coco.json"), "flickr30k": ("flickr30k", "dataset_flickr30k.json")}
 SOURCES = ("karpathy", "pretraining_pairs")
@@ -306,7 +307,8 @@ def _karpathy(cfg: Mapping[str, Any], root: DataRoot, split: str, transform_spli
     from tasks.data.karpathy import KarpathyCaptions
 
     transform = build_transform(transform_split, cfg["img_size"], cfg["quirks"], cfg["randaug"], cfg["augment"])
-    return KarpathyCaptions(_annotation(cfg, root), root.data, split, task="retrieval", transform=transform)
+    return KarpathyCaptions(_annotation(cfg, root), root.data, split, task="retrieval", transform=transform,
+                            skip_bad=cfg["skip_bad"])
 
 
 def _pair_shards(cfg: Mapping[str, Any], root: DataRoot) -> list[str] | str:
@@ -334,7 +336,7 @@ def build_data(data_config: dict, *, model: nn.Module, seed: int, rank: int = 0,
         if cfg["num_workers"]:
             raise ValueError("num_workers is not supported with source='pretraining_pairs' (a stream); set it to 0")
         pairs = ImageTextShards(_pair_shards(cfg, root), rank=rank, world_size=world_size, shuffle_shards=True,
-                                seed=seed)
+                                seed=seed, skip_bad=cfg["skip_bad"])
         transform = build_transform("train", cfg["img_size"], cfg["quirks"], cfg["randaug"], cfg["augment"])
         return FinetuneData(pairs, batch_collate, item_fn=TransformFields(transform), shuffle_buffer=cfg["shuffle_buffer"],
                             name="retrieval ITC pretraining pairs", **common)

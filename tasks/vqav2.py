@@ -302,6 +302,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "augment": "official",  # official | label_safe (synthetic profiles; tasks.data.transforms)
     "quirks": "fixed",
     "num_workers": 0,
+    "skip_bad": False,  # skip (and count, data.num_skipped) malformed records instead of raising
 }
 SPLIT_SUBTYPES = {"train": "train2014", "val": "val2014", "test-dev": "test-dev2015", "test": "test2015"}
 ANNOTATED_SPLITS = ("train", "val")
@@ -346,7 +347,7 @@ def _dataset(cfg: Mapping[str, Any], root, split: str, vocab: Sequence[str], *, 
     return build_dataset(
         _questions_path(cfg, root, split), root.file(cfg["image_root"]), transform_split, annotations_json=annotations,
         answer_vocab=vocab, img_size=cfg["img_size"], randaug=cfg["randaug"], quirks=cfg["quirks"], augment=cfg["augment"],
-        drop_unlabeled=drop_unlabeled,
+        drop_unlabeled=drop_unlabeled, skip_bad=cfg["skip_bad"],
     )
 
 

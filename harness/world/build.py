@@ -162,13 +162,11 @@ def ensure_world(profile: str = "smoke", root: str | Path | None = None, seed: i
     world = Path(root).absolute() / world_dir_name(prof.name, seed)
     if _is_complete(world, prof.name, seed):
         return world
-    try:
-        # Replace only a world that was there (incomplete) before we started; never one that another
-        # process publishes meanwhile.
+    from harness.locks import exclusive
+
+    with exclusive(world, f"world {world.name}"):  # one builder; the others wait, then find it complete
+        if _is_complete(world, prof.name, seed):
+            return world
         _build(world, prof, seed, replace=(world / MANIFEST_NAME).is_file())
-    except OSError:
-        # Another process may have published the same world while we were building ours.
-        if not _is_complete(world, prof.name, seed):
-            raise
     return world
 

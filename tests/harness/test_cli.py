@@ -154,3 +154,36 @@ def test_data_world_calls_build_world(capsys, paths, monkeypatch):
     assert code == 0
     assert [(str(o), p, s) for o, p, s in calls] == [("w", "smoke", 3)]
     assert "smoke world (seed 3)" in out
+
+
+@pytest.mark.parametrize("option", ["--out", "--results-dir"])
+def test_unwritable_output_folders_exit_2_before_any_training(capsys, paths, monkeypatch, option):
+    tmp_path, uri = paths
+    monkeypatch.setenv("BEIT3_RUNS_DIR", str(tmp_path / "runs"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, out, err = _run_cli(capsys, "run", "table3", option, str(blocker / "sub"))
+    assert code == 2 and out == ""
+    assert err.startswith(f"harness: error: {option} {blocker / 'sub'} cannot be written") and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()  # nothing trained, and the probe left nothing behind
+    assert MlflowClient(uri).get_experiment_by_name("beit3-pretrain") is None
+
+
+def test_debug_shows_the_error_itself(paths):
+    from harness.cli import UsageError
+
+    with pytest.raises(UsageError, match="cannot be written"):
+        main(["--debug", "run", "table3", "--out", "/proc/no/such/dir"])
+
+
+def test_errors_deep_in_a_run_are_one_line(capsys, paths, monkeypatch):
+    """A user error raised mid-run (here: a data file that is not there) is one line and exit 2, too."""
+    from harness import cli
+
+    def missing_data(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", "/data/coco/dataset_coco.json")
+
+    monkeypatch.setattr(cli, "run_table", missing_data)
+    code, out, err = _run_cli(capsys, "run", "table2")
+    assert code == 2 and err == ("harness: error: No such file or directory: /data/coco/dataset_coco.json "
+                                 "(check the path and its permissions)\n")
