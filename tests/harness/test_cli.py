@@ -1,6 +1,5 @@
 """The `harness` command: list, run table2 end to end, and the errors for bad names and stores."""
 import re
-
 import sys
 import types
 

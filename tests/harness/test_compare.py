@@ -81,7 +81,7 @@ def test_cli_ablation_errors_exit_2(capsys, sandbox, argv, expected):
     assert err.startswith("harness: error: ") and expected in err and len(err.strip().splitlines()) == 1
 
 
-# ----------------------------------------------------------------------------- equal compute and hashes
+# ----------------------------------------------------------------------------- ablations alike in every recipe, and hashes
 @pytest.mark.parametrize("ablation", [{"text_mask_prob": 0.3}, {"image_mask_ratio": 0.6}, {"pair_mask_prob": 0.25},
                                       {"batch_size": 4}, {"layout": "paper", "vl_ffn": "off"}])
 def test_an_ablation_changes_every_recipe_alike(ablation, sandbox):
@@ -92,7 +92,7 @@ def test_an_ablation_changes_every_recipe_alike(ablation, sandbox):
         for b, a in zip(base, ablated):
             assert train_config_hash(a) != train_config_hash(b)
             assert a.run_name == b.run_name + "-" + "-".join(f"{k}={v}" for k, v in checked)
-            assert a.max_steps * a.data["batch_size"] == b.max_steps * b.data["batch_size"]  # equal compute
+            assert a.max_steps * a.data["batch_size"] == b.max_steps * b.data["batch_size"]  # steps x batch kept
             assert apply_ablation(b, checked).semantic_dict() == {**a.semantic_dict(),
                                                                   "parent_config_hash": b.parent_config_hash}
         # A later stage descends from the ablated stage before it.

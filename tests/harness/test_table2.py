@@ -206,3 +206,19 @@ def test_write_atomic_replaces_without_leftovers(tmp_path):
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644  # the umask's mode, not mkstemp's private 0600
+
+
+def test_released_totals_are_labelled_as_counted_from_the_official_code(result):
+    paper = load_paper("table2")
+    for row in paper["rows"]:
+        from_code = row["group"] in ("base", "large")
+        assert (row.get("reference") == "official code") == from_code, row
+        assert ("not a paper figure" in row["source"]) == from_code
+    spec = get_table("table2")
+    joined = TableResult("table2", attach_paper(result.frame, paper), result.groups)
+    text = re.sub(r" +", " ", to_markdown(spec.render(joined, paper)))
+    base = text.split("### beit3_base_patch16_224")[1]
+    assert "(reference: counted from the official code, torchscale 0.3.0; not in the paper)" in base.splitlines()[0]
+    assert "| component | official code | ours | Δ | Δ% |" in base
+    giant = text.split("### beit3_giant_patch14_224, paper layout")[1].split("###")[0]
+    assert "| component | paper | ours | Δ | Δ% |" in giant
