@@ -37,6 +37,7 @@ HARNESS_CAPTIONS: dict[str, str] = {
 }
 # Table name -> the module that registers it (imported on first lookup).
 TABLE_MODULES: dict[str, str] = {
+    "table1": "harness.tables.table1",
     "table2": "harness.tables.table2",
     "table3": "harness.tables.table3",
     "table4": "harness.tables.table4",

@@ -73,29 +73,10 @@ def _markdown_cell(text: str) -> str:
     return str(text).replace("|", r"\|").replace("\n", " ")
 
 
-def _pipe_table(frame: pd.DataFrame, align: Sequence[str]) -> str:
-    """The pipe table ``tabulate`` writes (``tablefmt="pipe"``), for environments without it."""
-    rows = [list(map(str, frame.columns))] + frame.astype(str).values.tolist()
-    widths = [max(len(row[i]) for row in rows) for i in range(len(align))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.rjust(w) if a == "r" else c.ljust(w)
-                                 for c, w, a in zip(cells, widths, align)) + " |"
-
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if a == "r" else (":" + "-" * (w + 1))
-                          for w, a in zip(widths, align)) + "|"
-    return "\n".join([line(rows[0]), rule, *map(line, rows[1:])])
-
-
 def markdown_table(block: Block) -> str:
-    """``DataFrame.to_markdown`` (tabulate's pipe format); the same layout by hand where tabulate,
-    pandas' optional dependency for it, is not installed."""
+    """``DataFrame.to_markdown`` (tabulate's pipe format), cells as written."""
     frame = block.table.map(_markdown_cell)
     frame.columns = [_markdown_cell(c) for c in frame.columns]
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return _pipe_table(frame, block.alignment())
     colalign = ["right" if a == "r" else "left" for a in block.alignment()]
     return frame.to_markdown(index=False, colalign=colalign, disable_numparse=True)
 

@@ -31,7 +31,7 @@ def test_list_tables_shows_captions_and_availability(capsys):
     assert list(lines) == [*(f"table{i}" for i in range(1, 11)), "compare"]  # the paper's, then the harness's own
     assert "available" in lines["table2"] and "Model configuration of BEiT-3" in lines["table2"]
     assert "available" in lines["table4"] and "visual question answering" in lines["table4"]
-    assert "not yet available" in lines["table1"] and "Overview" in lines["table1"]
+    assert "not yet" not in out and "Overview" in lines["table1"]  # table1 renders the other tables' runs
 
 
 def test_list_models_and_profiles(capsys):
@@ -95,7 +95,6 @@ def test_dry_run_prints_plan_and_touches_nothing(capsys, paths):
     [
         (["run", "tabel2"], ["unknown table 'tabel2'", "Did you mean 'table2'", "table1, table2, table3"]),
         (["run", "table2", "table44"], ["unknown table 'table44'", "table10"]),
-        (["run", "table1"], ["table1", "not implemented yet", "available tables: table2"]),
         (["run", "table2", "--profile", "smok"], ["unknown profile 'smok'", "Did you mean 'smoke'", "mini, paper, smoke"]),
         (["run", "table2", "--seeds", "0"], ["--seeds must be at least 1"]),
         (["run", "table4", "--recipes", "beit3,clip"], ["unknown recipe 'clip'", "beit3, none, vlmo"]),

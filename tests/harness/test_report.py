@@ -253,3 +253,19 @@ def test_report_of_real_smoke_runs_equals_run(capsys, tmp_path, monkeypatch):
         assert f"{table}: wrote rep/{table}.md, rep/{table}.tex, rep/{table}.html, res/{table}.csv" in out
     page = (tmp_path / "rep" / "table3.html").read_text()
     assert page.count("<svg") == 2 and "vlmo seed 0" in page  # the staged recipe's loss, stages in a row
+
+
+def test_table1_is_rendered_from_the_recorded_tables(capsys, store, tmp_path):
+    """`harness run table1` on smoke: table4's recorded numbers beside the paper's overview; the tables
+    without a recorded run are named with the command that makes them."""
+    code, out, err = _cli(capsys, "run", "table1", "--tracking-uri", store["uri"], "--out", tmp_path / "rep",
+                          "--results-dir", tmp_path / "res")
+    assert code == 0, err
+    text = re.sub(r" +", " ", (tmp_path / "rep" / "table1.md").read_text())
+    assert text.startswith("# Table 1: Overview of BEiT-3 results")
+    vqa = next(line for line in text.splitlines() if line.startswith("| Visual QA | VQAv2 |"))
+    assert "| 82.3 (CoCa) | 84.0 | 15.0 ± 7.1 | table4 |" in vqa  # the hand-made table4 run's seeds 10 and 20
+    ade = next(line for line in text.splitlines() if line.startswith("| Semantic segmentation | ADE20K |"))
+    assert "| 61.4 (FD-SwinV2) | 62.8 | – | table8 |" in ade
+    assert "## Missing" in text and "`harness run table8 --profile smoke`" in text
+    assert "`harness run table4" not in text
