@@ -73,48 +73,13 @@ class RunLink:
     url: str | None
 
 
-# ----------------------------------------------------------------------------- markdown -> HTML
 def inline_html(text: str) -> str:
-    """Escaped text with our markdown's ``**bold**`` and ```code``` as ``<strong>``/``<code>``."""
-    text = html.escape(str(text), quote=False)
-    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    """Escaped text; ```code``` spans (commands, run ids) as ``<code>``."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(str(text), quote=False))
 
 
 def _table(head: str, body: Sequence[str]) -> str:
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>"
-
-
-def html_table(table: report.MarkdownTable) -> str:
-    """A parsed markdown table as ``<table>``; a row with only a bold first cell is a group title."""
-    def cls(i: int) -> str:
-        return ' class="r"' if table.align[i] == "r" else ""
-
-    head = "".join(f"<th{cls(i)}>{inline_html(h)}</th>" for i, h in enumerate(table.headers))
-    body = []
-    for row in table.rows:
-        if row[0].startswith("**") and not any(row[1:]):
-            body.append(f'<tr class="group"><td colspan="{len(row)}">{inline_html(row[0].strip("*"))}</td></tr>')
-        else:
-            body.append("<tr>" + "".join(f"<td{cls(i)}>{inline_html(c)}</td>" for i, c in enumerate(row)) + "</tr>")
-    return _table(head, body)
-
-
-def markdown_to_html(text: str, shift: int = 1, drop_heading: str = "") -> str:
-    """A table render (``report.markdown_blocks``) as HTML; headings ``shift`` levels down, a heading
-    equal to ``drop_heading`` (the page's own title) left out."""
-    out = []
-    for kind, value in report.markdown_blocks(text):
-        if kind == "heading" and value[1] == drop_heading:
-            continue
-        if kind == "heading":
-            level = min(6, value[0] + shift)
-            out.append(f"<h{level}>{inline_html(value[1])}</h{level}>")
-        elif kind == "table":
-            out.append(html_table(value))
-        else:
-            out.append(f"<p>{inline_html(value)}</p>")
-    return "\n".join(out)
 
 
 # ----------------------------------------------------------------------------- plots
@@ -188,9 +153,10 @@ def _number_cell(text: str, sign: float | None = None) -> str:
     return f'<td class="r{tone}">{html.escape(text)}</td>'
 
 
-def measured_table(rows: Sequence[MeasuredRow], groups: Mapping[str, str]) -> str:
-    """Paper vs measured per row: n seeds, mean ± std (sample std), paper, Δ and Δ%."""
-    headers = ("measure", "seeds", "ours (mean ± std)", "paper", "Δ", "Δ%")
+def measured_table(rows: Sequence[MeasuredRow], groups: Mapping[str, str], with_delta: bool = False) -> str:
+    """Paper vs measured per row: n seeds, mean ± std (sample std), paper, and -- where the paper's
+    figure is the same quantity as ours (``with_delta``) -- Δ and Δ%."""
+    headers = ("measure", "seeds", "ours (mean ± std)", "paper") + (("Δ", "Δ%") if with_delta else ())
     head = "<th>measure</th>" + "".join(f'<th class="r">{h}</th>' for h in headers[1:])
     body = []
     for group, title in groups.items():
@@ -201,9 +167,10 @@ def measured_table(rows: Sequence[MeasuredRow], groups: Mapping[str, str]) -> st
         for r in members:
             ours = report.format_number(r.mean) + ("" if r.std is None else f" ± {report.format_number(r.std)}")
             cells = [_number_cell(str(len(r.values))), _number_cell(ours),
-                     _number_cell(r.paper_display or report.MISSING),
-                     _number_cell(report.format_delta(r.delta), r.delta),
-                     _number_cell(report.format_percent(r.delta_pct), r.delta_pct)]
+                     _number_cell(r.paper_display or report.MISSING)]
+            if with_delta:
+                cells += [_number_cell(report.format_delta(r.delta), r.delta),
+                          _number_cell(report.format_percent(r.delta_pct), r.delta_pct)]
             body.append(f"<tr><td>{inline_html(r.label)}</td>" + "".join(cells) + "</tr>")
     return _table(head, body)
 
@@ -225,24 +192,26 @@ def html_page(
     *,
     title: str,
     meta: Sequence[tuple[str, str]],
-    table_markdown: str,
+    table_html: str,
     measured: Sequence[MeasuredRow],
     groups: Mapping[str, str],
     plots: Sequence[tuple[str, str]],
     runs: Sequence[RunLink],
     ui_command: str | None,
+    with_delta: bool = False,
 ) -> str:
     """The report page.
 
     Args:
         title: the page title (``Table 4: <caption>``).
         meta: (label, already escaped HTML) lines under the title: profile, table run, commit.
-        table_markdown: the spec's own render, shown as the paper table.
+        table_html: the spec's own document (``harness.tables.render.to_html``), shown as the table.
         measured: paper vs measured per row (``measured_table``).
         groups: row-group key -> title, in display order.
         plots: (caption, inline ``<svg>``) pairs.
         runs: the MLflow runs behind the table.
         ui_command: the command that starts an MLflow UI at the links' address; None for a server.
+        with_delta: print ours − paper (only where the paper's figures are the same quantity).
     """
     parts = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
@@ -251,11 +220,12 @@ def html_page(
         f"<h1>{html.escape(title)}</h1>",
         '<table class="meta">' + "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in meta)
         + "</table>",
-        "<h2>The table</h2>", markdown_to_html(table_markdown, shift=2, drop_heading=title),
+        "<h2>The table</h2>", table_html,
         "<h2>Paper vs measured</h2>",
         "<p>Every measured number, mean ± std over seeds (sample std; one seed: no ±), beside the paper's figure "
-        "where <code>results/paper/</code> has one for the same row; Δ = ours − paper.</p>",
-        measured_table(measured, groups),
+        "where <code>results/paper/</code> has one for the same row"
+        + ("; Δ = ours − paper.</p>" if with_delta else " (side by side: the data and model sizes differ).</p>"),
+        measured_table(measured, groups, with_delta),
     ]
     if plots:
         parts.append("<h2>Plots</h2>")

@@ -1,12 +1,14 @@
 """``harness report``: paper tables rendered again from MLflow alone -- markdown, LaTeX, HTML, CSV.
 
-``harness run TABLE`` records the measured ``TableResult`` as ``table_result.json`` in the table's
-run (experiment ``beit3-tables``, run ``<table>-<profile>``), with the run ids of the experiments
-behind it. The report takes the latest FINISHED such run of each table and profile, renders it with
-the spec's own ``render`` (``<table>.md``), as booktabs LaTeX (``<table>.tex``) and as one
-self-contained HTML page (``<table>.html``: paper vs measured, mean ± std over seeds, links to the
-runs, the pretraining loss curves and bars per recipe), and writes the comparison CSV. Nothing is
-trained or recomputed, and every file is rendered before the first one is written.
+``harness run TABLE`` records the measured result frame (``table_result.csv``), the paired
+differences between recipes (``table_differences.csv``) and what made them (``table_result.json``)
+in the table's run (experiment ``beit3-tables``, run ``<table>-<profile>``). The report takes the
+latest FINISHED such run of each table and profile, lays it out with the spec's own ``render`` and
+writes it with pandas (``harness.tables.render``): markdown (``<table>.md``), booktabs LaTeX
+(``<table>.tex``), one self-contained HTML page (``<table>.html``: the table, paper vs measured,
+mean ± std over seeds, links to the runs, the pretraining loss curves and bars per recipe) and the
+result frame as CSV. Nothing is trained or recomputed, and every file is rendered before the first
+one is written.
 """
 
 from __future__ import annotations
@@ -14,35 +16,34 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
-import re
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import pandas as pd
+
 from harness import report, report_html
 from harness.experiments import RECIPE_NAMES
 from harness.profiles import Profile
-from harness.tables import (
+from harness.tables import render
+from harness.tables.registry import get_table, list_tables
+from harness.tables.running import (
+    TABLE_DIFFERENCES_ARTIFACT,
+    TABLE_FRAME_ARTIFACT,
     TABLE_RESULT_ARTIFACT,
     TABLES_EXPERIMENT,
-    RunOptions,
-    TableResult,
-    TableSpec,
-    comparison_csv,
-    compare,
-    get_table,
-    list_tables,
+    read_result,
     write_atomic,
 )
+from harness.tables.types import RunOptions, TableResult, TableSpec
 from harness.tracking import _env, find_finished_run
 
 FORMATS = ("md", "tex", "html")
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 PRETRAIN_TASKS = {"pretrain_mdm": "beit3", "pretrain_vlmo": "vlmo"}
-_SEED = re.compile(r"^seed\d+\.")
-QUIET_DOWNLOAD = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # one small JSON file: no progress bar
+QUIET_DOWNLOAD = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # small files: no progress bar
 _MAX_LISTED = 12  # missing experiments named in an error before "and N more"
 
 
@@ -140,50 +141,51 @@ def no_run_error(spec: TableSpec, profile: Profile, uri: str) -> ReportError:
     return ReportError(f"{head}; {what}.")
 
 
+def _download_text(client: Any, run_id: str, artifact: str, tmp: str) -> str:
+    return Path(client.download_artifacts(run_id, artifact, tmp)).read_text(encoding="utf-8")
+
+
 def load_recorded(spec: TableSpec, profile: Profile, uri: str) -> RecordedTable:
-    """The latest FINISHED run of ``spec`` under ``profile`` and its ``table_result.json``.
+    """The latest FINISHED run of ``spec`` under ``profile`` and the result it recorded.
 
     Raises:
-        ReportError: no such run (``no_run_error``), or it predates ``table_result.json``.
+        ReportError: no such run (``no_run_error``), or it predates the result frame.
     """
     client = _client(uri)
     runs = _table_runs(client, profile.name, spec.name, max_results=1)
     if not runs:
         raise no_run_error(spec, profile, uri)
     run = runs[0]
+    run_id = run.info.run_id
     with tempfile.TemporaryDirectory(prefix="harness-report-") as tmp, _env(QUIET_DOWNLOAD):
         try:
-            path = client.download_artifacts(run.info.run_id, TABLE_RESULT_ARTIFACT, tmp)
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except Exception as err:  # MLflow raises its own, OSError and JSON errors alike
+            data = json.loads(_download_text(client, run_id, TABLE_RESULT_ARTIFACT, tmp))
+            frame_csv = _download_text(client, run_id, TABLE_FRAME_ARTIFACT, tmp)
+            listed = {a.path for a in client.list_artifacts(run_id)}
+            differences_csv = (_download_text(client, run_id, TABLE_DIFFERENCES_ARTIFACT, tmp)
+                               if TABLE_DIFFERENCES_ARTIFACT in listed else None)
+            result = read_result(data, frame_csv, differences_csv)
+        except Exception as err:  # MLflow raises its own, OSError, JSON and format errors alike
             raise ReportError(
-                f"the latest run of {spec.name} for profile {profile.name!r} ({run.info.run_id}) has no readable "
-                f"{TABLE_RESULT_ARTIFACT} ({type(err).__name__}); `harness run {spec.name} --profile "
-                f"{profile.name}` records it again, reusing the finished training runs."
+                f"the latest run of {spec.name} for profile {profile.name!r} ({run_id}) has no readable result "
+                f"({TABLE_RESULT_ARTIFACT}, {TABLE_FRAME_ARTIFACT}: {type(err).__name__}); `harness run {spec.name} "
+                f"--profile {profile.name}` records it again, reusing the finished training runs."
             ) from err
     return RecordedTable(
         spec=spec, profile=data.get("profile", profile.name), options=_run_options(data.get("options", {})),
-        result=TableResult.from_dict(data), experiments=tuple(data.get("experiments", ())), run=run,
+        result=result, experiments=tuple(data.get("experiments", ())), run=run,
     )
 
 
 # ----------------------------------------------------------------------------- what the page shows
-def measured_rows(result: TableResult, paper: Mapping[str, Any]) -> list[report_html.MeasuredRow]:
-    """The result's rows with the seeds pooled (``seed<N>.`` prefixes), beside the paper's rows."""
-    by_paper = {(r["group"], r["component"]): r for r in paper.get("rows", [])}
-    pooled: dict[tuple[str, str], tuple[str, list[float]]] = {}
-    for row in result.rows:
-        measure = _SEED.sub("", row.component)
-        # A label that is only the measure's last part (tr_r1 of coco.tr_r1) would be ambiguous.
-        label = measure if row.label == measure.rsplit(".", 1)[-1] else row.label
-        pooled.setdefault((row.group, measure), (label, []))[1].append(row.value)
+def measured_rows(result: TableResult) -> list[report_html.MeasuredRow]:
+    """One row per (group, row) of the result frame: its values over seeds beside the paper's figure."""
     rows = []
-    for (group, measure), (label, values) in pooled.items():
-        p = by_paper.get((group, measure))
+    for (group, _row), found in result.frame.groupby(["group", "row"], sort=False):
+        paper = found["paper_value"].iloc[0]
         rows.append(report_html.MeasuredRow(
-            group, measure, label, tuple(values),
-            paper=None if p is None else float(p["value"]),
-            paper_display=None if p is None else p.get("display", report.format_number(p["value"])),
+            group, _row, found["label"].iloc[0], tuple(found["value"].tolist()),
+            paper=None if pd.isna(paper) else float(paper), paper_display=found["paper_display"].iloc[0] or None,
         ))
     return rows
 
@@ -228,7 +230,7 @@ def run_url(base: str, experiment_id: str, run_id: str) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def html_report(recorded: RecordedTable, paper: Mapping[str, Any], markdown: str, uri: str) -> str:
+def html_report(recorded: RecordedTable, document: render.Document, uri: str) -> str:
     """The HTML page of a recorded table (``report_html.html_page``) with its runs and plots."""
     client = _client(uri)
     base, ui_command = ui_base(uri)
@@ -245,7 +247,7 @@ def html_report(recorded: RecordedTable, paper: Mapping[str, Any], markdown: str
         ("git commit", f"<code>{html.escape(tags.get('git_commit', 'unknown'))}</code>{dirty}"),
         ("tracking store", f"<code>{html.escape(uri)}</code>"),
     ]
-    rows = measured_rows(result, paper)
+    rows = measured_rows(result)
     plots = []
     curves = loss_curves(client, recorded.experiments)
     if curves:
@@ -266,9 +268,9 @@ def html_report(recorded: RecordedTable, paper: Mapping[str, Any], markdown: str
         seed = "" if e.get("seed") is None else f", seed {e['seed']}"
         runs.append(report_html.RunLink(e["name"], f"{e['task']}{seed} ({e['mlflow_experiment']})", url))
     return report_html.html_page(
-        title=f"Table {recorded.spec.name.removeprefix('table')}: {recorded.spec.title}", meta=meta,
-        table_markdown=markdown, measured=rows, groups=result.groups, plots=plots, runs=runs,
-        ui_command=ui_command,
+        title=document.title, meta=meta, table_html=render.to_html(document, shift=1, uuid=recorded.spec.name),
+        measured=rows, groups=result.groups, plots=plots, runs=runs, ui_command=ui_command,
+        with_delta=recorded.spec.differences_from_paper,
     )
 
 
@@ -284,17 +286,16 @@ def render_files(recorded: RecordedTable, uri: str, out_dir: Path, results_dir: 
                  formats: Sequence[str]) -> dict[Path, str]:
     """Every file of one table's report, rendered and not yet written."""
     spec = recorded.spec
-    paper = spec.paper_rows
-    markdown = spec.render(recorded.result, paper)
+    document = spec.render(recorded.result, spec.paper_rows)
     files: dict[Path, str] = {}
     if "md" in formats:
-        files[out_dir / f"{spec.name}.md"] = markdown
+        files[out_dir / f"{spec.name}.md"] = render.to_markdown(document)
     if "tex" in formats:
-        source = f"{spec.name}, profile {recorded.profile}: MLflow run {recorded.run.info.run_id} (`harness report`)."
-        files[out_dir / f"{spec.name}.tex"] = report.markdown_to_latex(markdown, source=source)
+        source = f"{spec.name}, profile {recorded.profile}: MLflow run {recorded.run.info.run_id} (harness report)."
+        files[out_dir / f"{spec.name}.tex"] = render.to_latex(document, source=source)
     if "html" in formats:
-        files[out_dir / f"{spec.name}.html"] = html_report(recorded, paper, markdown, uri)
-    files[results_dir / f"{spec.name}.csv"] = comparison_csv(compare(recorded.result, paper))
+        files[out_dir / f"{spec.name}.html"] = html_report(recorded, document, uri)
+    files[results_dir / f"{spec.name}.csv"] = render.to_csv(recorded.result.frame)
     return files
 
 

@@ -1,4 +1,4 @@
-"""compare: BEiT-3 MDM vs VLMo staged vs no pretraining at equal compute, on every vision-language task.
+"""compare: BEiT-3 MDM vs VLMo staged vs no pretraining, paired over seeds, on every vision-language task.
 
 A table of the harness's own (the paper reports no such comparison, so there is no paper file). For
 every recipe of ``--recipes`` (default ``beit3``, ``vlmo``, ``none``) and seed it needs the runs of
@@ -6,22 +6,25 @@ tables 4, 6 and 10 -- VQAv2, NLVR2 and captioning finetunes, retrieval finetuned
 Flickr30K, zero-shot Flickr30K after the intermediate ITC stage -- and reuses them when they exist
 (same config, same run). With ``--ablation`` every recipe's pretraining is ablated alike.
 
-Per metric: mean ± sample std over seeds for each recipe, and the leader's margin over the runner-up
-in units of their combined std, sqrt(s1² + s2²); a margin within it is a tie. One seed gives no
-spread (leaders are named, not tested), and fewer than 3 give a rough one: run ``--seeds 3`` or more.
+Per metric: each seed's value and mean ± sample std over seeds for each recipe, and for every pair of
+recipes the difference with a 95% interval from a paired hierarchical bootstrap over seeds and item
+clusters (``harness.stats``); an interval that covers 0 is "no detectable difference".
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
+
+import pandas as pd
 
 from harness import report
 from harness.ablation import ablation_label
 from harness.experiments import RunRecord, pretraining_configs
 from harness.finetune import ensure_finetune, ensure_parents, itc_config, plan_finetunes, zero_shot_retrieval
 from harness.profiles import Profile
-from harness.tables import Experiment, ResultRow, RunOptions, TableResult, TableSpec, experiments_of, register_table
+from harness.tables import render
+from harness.tables.registry import register_table
+from harness.tables.types import Experiment, RunOptions, TableResult, TableSpec, experiments_of, measurement
+from harness.tables.vl import differences_blocks, finetune_measurements, run_note, values_of
 
 RECIPE_TITLES = {"beit3": "BEiT-3 MDM", "vlmo": "VLMo staged", "none": "no pretraining"}
 # The finetunes behind the columns: (measure, task, data variant); the same runs as tables 4 and 10.
@@ -33,154 +36,93 @@ FINETUNES = (
     ("flickr30k", "retrieval", {"dataset": "flickr30k"}),
 )
 ZERO_SHOT = "flickr30k"  # scored with the ITC-stage model, as table6
-# (column id, measure, metric key of its run, task title, metric title, display scale); higher is better.
+# (row id, measure, metric key of its run, task title, metric title); the display scale and the
+# direction come from the task's metric spec.
 COLUMNS = (
-    ("vqav2.val.vqa_accuracy", "vqav2", "eval.val.vqa_accuracy", "VQAv2", "val accuracy", 1.0),
-    ("nlvr2.dev.accuracy", "nlvr2", "eval.dev.accuracy", "NLVR2", "dev accuracy", 1.0),
-    ("nlvr2.test1.accuracy", "nlvr2", "eval.test1.accuracy", "NLVR2", "test1 accuracy", 1.0),
-    ("captioning.test.CIDEr", "captioning", "eval.test.CIDEr", "captioning", "test CIDEr", 100.0),
-    ("captioning.test.BLEU-4", "captioning", "eval.test.BLEU-4", "captioning", "test BLEU-4", 100.0),
-    ("coco.test.tr_r1", "coco", "eval.test.tr_r1", "COCO retrieval", "TR@1", 1.0),
-    ("coco.test.ir_r1", "coco", "eval.test.ir_r1", "COCO retrieval", "IR@1", 1.0),
-    ("flickr30k.test.tr_r1", "flickr30k", "eval.test.tr_r1", "Flickr30K retrieval", "TR@1", 1.0),
-    ("flickr30k.test.ir_r1", "flickr30k", "eval.test.ir_r1", "Flickr30K retrieval", "IR@1", 1.0),
-    ("zeroshot.flickr30k.tr_r1", "zeroshot", f"zeroshot.{ZERO_SHOT}.test.tr_r1", "Flickr30K zero-shot", "TR@1", 1.0),
-    ("zeroshot.flickr30k.ir_r1", "zeroshot", f"zeroshot.{ZERO_SHOT}.test.ir_r1", "Flickr30K zero-shot", "IR@1", 1.0),
+    ("vqav2.val.vqa_accuracy", "vqav2", "eval.val.vqa_accuracy", "VQAv2", "val accuracy"),
+    ("nlvr2.dev.accuracy", "nlvr2", "eval.dev.accuracy", "NLVR2", "dev accuracy"),
+    ("nlvr2.test1.accuracy", "nlvr2", "eval.test1.accuracy", "NLVR2", "test1 accuracy"),
+    ("captioning.test.CIDEr", "captioning", "eval.test.CIDEr", "captioning", "test CIDEr"),
+    ("captioning.test.BLEU-4", "captioning", "eval.test.BLEU-4", "captioning", "test BLEU-4"),
+    ("coco.test.tr_r1", "coco", "eval.test.tr_r1", "COCO retrieval", "TR@1"),
+    ("coco.test.ir_r1", "coco", "eval.test.ir_r1", "COCO retrieval", "IR@1"),
+    ("flickr30k.test.tr_r1", "flickr30k", "eval.test.tr_r1", "Flickr30K retrieval", "TR@1"),
+    ("flickr30k.test.ir_r1", "flickr30k", "eval.test.ir_r1", "Flickr30K retrieval", "IR@1"),
+    ("zeroshot.flickr30k.tr_r1", "zeroshot", f"zeroshot.{ZERO_SHOT}.test.tr_r1", "Flickr30K zero-shot", "TR@1"),
+    ("zeroshot.flickr30k.ir_r1", "zeroshot", f"zeroshot.{ZERO_SHOT}.test.ir_r1", "Flickr30K zero-shot", "IR@1"),
 )
+TASK_OF = {measure: task for measure, task, _ in FINETUNES} | {"zeroshot": "retrieval"}
 COUNTS = ("images", "texts", "pairs")
-MIN_SEEDS = 3  # fewer give no (1) or a rough (2) estimate of the spread
-
-
-# ----------------------------------------------------------------------------- statistics (pure)
-@dataclass(frozen=True)
-class Stat:
-    """Mean and sample std of one recipe's values over seeds (std None with one seed)."""
-
-    mean: float
-    std: float | None
-    n: int
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> Stat:
-        return cls(*report.mean_std(values), len(values))
-
-    def text(self, digits: int = 2) -> str:
-        return f"{self.mean:.{digits}f}" + ("" if self.std is None else f" ± {self.std:.{digits}f}")
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """Who leads one metric, by how much, and whether that is beyond the seeds' spread.
-
-    Args:
-        winner: the recipe with the highest mean.
-        runner_up: the next one (None when only one recipe has the metric).
-        delta: winner's mean minus runner-up's.
-        spread: their combined std, sqrt(s1² + s2²); None when a recipe has one seed.
-        resolution: the smallest difference that counts (half the last printed digit).
-    """
-
-    winner: str
-    runner_up: str | None = None
-    delta: float = 0.0
-    spread: float | None = None
-    resolution: float = 0.005
-
-    @property
-    def tie(self) -> bool:
-        """|delta| within the combined std or below the printed precision (without a spread -- one
-        seed -- only the latter)."""
-        if self.runner_up is None:
-            return False
-        return abs(self.delta) < self.resolution or (self.spread is not None and abs(self.delta) <= self.spread)
-
-    @property
-    def sigmas(self) -> float | None:
-        if self.spread is None or self.spread == 0:
-            return None
-        return self.delta / self.spread
-
-    def text(self, digits: int = 2) -> str:
-        """``beit3 +3.10 (2.4σ)``, ``tie within spread (beit3 +0.20, 0.3σ)`` or, with one seed,
-        ``beit3 +1.00 (one seed: no spread)``."""
-        if self.runner_up is None:
-            return f"{self.winner} (only recipe)"
-        margin = f"{self.winner} {self.delta:+.{digits}f}"
-        if self.spread is None:
-            return f"tie ({margin}, one seed)" if self.tie else f"{margin} (one seed: no spread)"
-        size = "zero spread" if self.sigmas is None else f"{self.sigmas:.1f}σ"
-        return f"tie within spread ({margin}, {size})" if self.tie else f"{margin} ({size})"
-
-
-def verdict(stats: Mapping[str, Stat], resolution: float = 0.005) -> Verdict | None:
-    """The leader of one metric (higher is better) over the recipes in ``stats``; None if none has it.
-    Differences below ``resolution`` (half the last printed digit) are ties."""
-    ranked = sorted(stats.items(), key=lambda item: item[1].mean, reverse=True)
-    if not ranked:
-        return None
-    (winner, first), rest = ranked[0], ranked[1:]
-    if not rest:
-        return Verdict(winner)
-    runner_up, second = rest[0]
-    spread = None if first.std is None or second.std is None else math.hypot(first.std, second.std)
-    return Verdict(winner, runner_up, first.mean - second.mean, spread, resolution)
+MIN_SEEDS = 3  # fewer give a coarse seed level of the bootstrap
 
 
 def _join(items: Sequence[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" and {items[-1]}"
 
 
-def summarize(verdicts: Sequence[tuple[str, Verdict]], recipes: Sequence[str], seeds: int) -> str:
-    """One paragraph saying which recipe leads where, generated from the verdicts.
+def summarize(differences: pd.DataFrame, labels: Mapping[str, str], seeds: int) -> str:
+    """Which recipe is better where, from the paired intervals (one sentence per pair of recipes).
 
     Args:
-        verdicts: (metric title, verdict) per metric, in table order.
-        recipes: the compared recipes, in display order.
-        seeds: seeds per recipe (sets the caveat about the spread).
+        differences: ``harness.stats.DIFFERENCE_COLUMNS`` rows.
+        labels: row id -> "task metric" title.
+        seeds: seeds per recipe (sets the caveat about the seed level).
     """
-    if not verdicts:
-        return "No metric was measured."
-    title = lambda recipe: RECIPE_TITLES.get(recipe, recipe)  # noqa: E731
-    total = len(verdicts)
-    leads = {r: [name for name, v in verdicts if v.winner == r and not v.tie] for r in recipes}
-    ties = [f"{name} ({title(v.winner)} vs {title(v.runner_up or '')})" for name, v in verdicts if v.tie]
-    beyond = "" if seeds < 2 else " beyond the seeds' spread"
+    from harness.stats import verdict
+
+    from harness.tables.vl import metric_spec
+
+    if differences.empty:
+        return "No paired difference was computed (no metric with per-item results)."
     sentences = []
-    for recipe in sorted(recipes, key=lambda r: -len(leads[r])):
-        if leads[recipe]:
-            sentences.append(f"{title(recipe)} leads{beyond} on {len(leads[recipe])} of {total} metrics: "
-                             f"{_join(leads[recipe])}.")
-    nowhere = [title(r) for r in recipes if not leads[r]]
-    if nowhere:
-        sentences.append(f"{_join(nowhere)} {'leads' if len(nowhere) == 1 else 'lead'} nowhere{beyond}.")
-    if ties:
-        sentences.append(f"The top two are tied on {len(ties)} of {total}: {_join(ties)}.")
-    if seeds < 2:
-        sentences.append(f"With one seed there is no spread, so these leads are untested: run --seeds {MIN_SEEDS} "
+    for (a, b), rows in differences.groupby(["recipe_a", "recipe_b"], sort=False):
+        title_a, title_b = RECIPE_TITLES.get(a, a), RECIPE_TITLES.get(b, b)
+        said = {title_a: [], title_b: [], "no detectable difference": [], "not computed": []}
+        for row in rows.to_dict("records"):
+            text = verdict(row, RECIPE_TITLES, metric_spec(row["task"], row["metric"]).higher_is_better)
+            name = labels.get(row["row"], row["label"])
+            if text.endswith(" better"):
+                said[text.removesuffix(" better")].append(name)
+            elif text.startswith("not computed"):
+                said["not computed"].append(name)
+            else:
+                said["no detectable difference"].append(name)
+        parts = [f"{title_a} vs {title_b} ({len(rows)} metrics):"]
+        for who in (title_a, title_b):
+            if said[who]:
+                parts.append(f"{who} better on {_join(said[who])};")
+        if said["no detectable difference"]:
+            parts.append(f"no detectable difference on {_join(said['no detectable difference'])};")
+        if said["not computed"]:
+            parts.append(f"not computed (no per-item results) on {_join(said['not computed'])};")
+        sentences.append(" ".join(parts).rstrip(";") + ".")
+    if seeds < MIN_SEEDS:
+        sentences.append(f"With {seeds} seed(s) the seed level of the intervals is coarse: run --seeds {MIN_SEEDS} "
                          "or more.")
-    elif seeds < MIN_SEEDS:
-        sentences.append(f"With {seeds} seeds the std is a rough estimate: run --seeds {MIN_SEEDS} or more.")
     return " ".join(sentences)
 
 
-# ----------------------------------------------------------------------------- the table
-def compute_rows(recipe: str, seed: int, records: Sequence[RunRecord]) -> list[ResultRow]:
+def compute_rows(recipe: str, seed: int, records: Sequence[RunRecord]) -> list[dict[str, Any]]:
     """What each pretraining stage consumed (its run's ``data.*`` metrics, as table3 reads them)."""
-    prefix = f"seed{seed}.pretrain"
-    rows = [ResultRow(recipe, f"{prefix}.stages", "stages", float(len(records)))]
+    def row(name: str, value: float) -> dict[str, Any]:
+        return measurement(recipe, f"pretrain.{name}", value, label=name.rsplit(".", 1)[-1], recipe=recipe,
+                           seed=seed, metric=name.rsplit(".", 1)[-1])
+
+    rows = [row("stages", float(len(records)))]
     for stage, record in enumerate(records, start=1):
         samples = sum(record.metrics.get(f"data.{name}", 0.0) for name in COUNTS)
-        rows += [ResultRow(recipe, f"{prefix}.stage{stage}.steps", "steps", record.metrics.get("data.steps", 0.0)),
-                 ResultRow(recipe, f"{prefix}.stage{stage}.samples", "samples", samples)]
+        rows += [row(f"stage{stage}.steps", record.metrics.get("data.steps", 0.0)),
+                 row(f"stage{stage}.samples", samples)]
     for name in COUNTS:
-        total = sum(r.metrics.get(f"data.{name}", 0.0) for r in records)
-        rows.append(ResultRow(recipe, f"{prefix}.{name}", name, total))
+        rows.append(row(name, sum(r.metrics.get(f"data.{name}", 0.0) for r in records)))
     return rows
 
 
 @register_table("compare")
 class CompareRecipes(TableSpec):
     """Pretraining recipes against each other (and no pretraining) on every vision-language task."""
+
+    compares_recipes = True
 
     @property
     def paper_rows(self) -> dict[str, Any]:
@@ -196,66 +138,73 @@ class CompareRecipes(TableSpec):
 
     def run(self, profile: Profile, options: RunOptions) -> TableResult:
         ablation, nproc = options.ablation, options.nproc
-        rows: list[ResultRow] = []
+        records: list[dict[str, Any]] = []
         annotations = {"ablation": ablation_label(ablation), "profile": profile.name, "seeds": str(options.seeds)}
         for recipe in options.recipes:
             for seed in range(options.seeds):
                 parents = ensure_parents(recipe, profile, seed, None, nproc, ablation)
-                rows += compute_rows(recipe, seed, parents)
+                records += compute_rows(recipe, seed, parents)
                 results = {measure: ensure_finetune(task, recipe, profile, seed, variant=variant, ablation=ablation,
                                                     nproc=nproc) for measure, task, variant in FINETUNES}
                 results["zeroshot"] = zero_shot_retrieval(recipe, ZERO_SHOT, profile, seed, ablation=ablation,
                                                           nproc=nproc)
                 for measure, result in results.items():
-                    annotations[f"{recipe}.seed{seed}.{measure}"] = f"`{result.run.run_id[:8]}` ({result.run.status})"
-                for column, measure, key, *_ in COLUMNS:
+                    annotations[f"{recipe}.seed{seed}.{measure}"] = run_note(result)
+                for column, measure, key, task_title, metric_title in COLUMNS:
                     metrics = results[measure].metrics
                     if key not in metrics:
                         raise KeyError(f"{results[measure].run.name}: no metric {key!r} (got {sorted(metrics)})")
-                    rows.append(ResultRow(recipe, f"seed{seed}.{column}", key, float(metrics[key])))
-        return TableResult(self.name, {r: RECIPE_TITLES[r] for r in options.recipes}, tuple(rows), annotations)
+                    records += finetune_measurements(recipe, seed, TASK_OF[measure], metrics, [key],
+                                                     results[measure].run.run_id, row_of=lambda _k, c=column: c,
+                                                     label_of=lambda _k, t=f"{task_title} {metric_title}": t)
+        return TableResult.of(self.name, records, {r: RECIPE_TITLES[r] for r in options.recipes}, annotations)
 
-    def render(self, result: TableResult, paper: Mapping[str, Any]) -> str:
-        values: dict[tuple[str, str], list[float]] = {}
-        for row in result.rows:
-            _seed, key = row.component.split(".", 1)
-            values.setdefault((row.group, key), []).append(row.value)
+    def render(self, result: TableResult, paper: Mapping[str, Any]) -> render.Document:
+        frame = result.frame
         recipes = list(result.groups)
         seeds = int(result.annotations.get("seeds", "1"))
         ablation = result.annotations.get("ablation", "")
-        title = f"# compare: {self.title}" + (f" — ablation {ablation}" if ablation else "")
+        title = f"compare: {self.title}" + (f" — ablation {ablation}" if ablation else "")
         pretraining = f"ablated alike in every recipe: {ablation}." if ablation else "as the recipes define it."
         profile = result.annotations.get("profile", "?")
-        lines = [title, "", f"Profile `{profile}`, {seeds} seed(s) per recipe; pretraining {pretraining}", ""]
-        lines += ["## Pretraining compute", "",
-                  "What each recipe's pretraining consumed (seed 0; the profile sets equal steps × batch × data).", ""]
-        lines += self._compute_table(values, recipes).splitlines()
-        lines += ["", "## Results", "",
-                  ("Mean ± sample std over seeds (accuracy and recall in percent, captioning scores × 100). Leader: "
-                   "its margin over the runner-up in units of their combined std, sqrt(s1² + s2²); within one std "
-                   "it is a tie."), ""]
-        headers = ["task", "metric", *[result.groups[r] for r in recipes], "leader"]
-        body, verdicts = [], []
-        for column, _measure, _key, task, metric, scale in COLUMNS:
-            stats = {r: Stat.of([scale * v for v in values[(r, column)]]) for r in recipes if (r, column) in values}
-            found = verdict(stats)
-            if found is not None:
-                verdicts.append((f"{task} {metric}", found))
-            body.append([task, metric, *[stats[r].text() if r in stats else report.MISSING for r in recipes],
-                         found.text() if found is not None else report.MISSING])
-        lines += report.markdown_table(headers, body, align=("l", "l", *["r"] * len(recipes), "l")).splitlines()
-        lines += ["", "## Which wins where", "", summarize(verdicts, recipes, seeds), ""]
+        body = []
+        for column, _measure, _key, task, metric in COLUMNS:
+            cells = []
+            for recipe in recipes:
+                values = values_of(frame, recipe, column)
+                cells.append(report.format_mean_std(values) + " (" + " / ".join(f"{v:.2f}" for v in values) + ")"
+                             if values else report.MISSING)
+            body.append([task, metric, *cells])
+        labels = {column: f"{task} {metric}" for column, _, _, task, metric in COLUMNS}
         statuses = [text.rsplit("(", 1)[-1].rstrip(")") for key, text in result.annotations.items()
                     if key.split(".")[0] in result.groups]
+        blocks = [
+            render.paragraph(f"Profile {profile}, {seeds} seed(s) per recipe, paired (the same seed gives every "
+                             f"recipe the same finetune data order); pretraining {pretraining}"),
+            render.heading("Pretraining compute"),
+            render.paragraph("What each recipe's pretraining consumed (seed 0): optimizer steps, samples per step "
+                             "and samples seen per stream; the budget the profile matches is set in "
+                             "harness/profiles.py."),
+            self._compute_table(frame, recipes),
+            render.heading("Results"),
+            render.paragraph("Mean ± sample std over seeds, then each seed's value in seed order (display units of "
+                             "each task's metric spec: accuracy and recall in percent, captioning scores × 100)."),
+            render.table(body, ["task", "metric", *[result.groups[r] for r in recipes]],
+                         align=("l", "l", *["r"] * len(recipes))),
+            render.heading("Which is better where"),
+            render.paragraph(summarize(result.differences, labels, seeds)),
+            *differences_blocks(result, RECIPE_TITLES),
+        ]
         if statuses:
             counts = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses)))
-            lines += [f"Finetune and ITC runs (MLflow experiment beit3-finetune): {counts}.", ""]
-        return "\n".join(lines)
+            blocks.append(render.paragraph(f"Finetune and ITC runs (MLflow experiment beit3-finetune): {counts}."))
+        return render.Document(title, tuple(blocks))
 
     @staticmethod
-    def _compute_table(values: Mapping[tuple[str, str], list[float]], recipes: Sequence[str]) -> str:
+    def _compute_table(frame: pd.DataFrame, recipes: Sequence[str]) -> render.Block:
         def first(recipe: str, key: str) -> float:
-            return values.get((recipe, f"pretrain.{key}"), [0.0])[0]
+            values = values_of(frame, recipe, f"pretrain.{key}")
+            return values[0] if values else 0.0
 
         body = []
         for recipe in recipes:
@@ -268,4 +217,4 @@ class CompareRecipes(TableSpec):
             body.append([RECIPE_TITLES.get(recipe, recipe), str(stages), " + ".join(per_stage) or report.MISSING,
                          report.format_number(sum(counts)), *[report.format_number(c) for c in counts]])
         headers = ["recipe", "stages", "steps × samples per step", "samples seen", *COUNTS]
-        return report.markdown_table(headers, body, align=("l", "r", "r", "r", "r", "r", "r"))
+        return render.table(body, headers)

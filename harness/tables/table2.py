@@ -15,20 +15,15 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping
 
+import pandas as pd
+
 from harness import report
 from harness.ablation import AblationError
 from harness.profiles import Profile
-from harness.tables import (
-    ComparisonRow,
-    Experiment,
-    ResultRow,
-    RunOptions,
-    TableResult,
-    TableSpec,
-    compare,
-    comparison_table,
-    register_table,
-)
+from harness.tables import render
+from harness.tables.paper import paper_resolution
+from harness.tables.registry import register_table
+from harness.tables.types import Experiment, RunOptions, TableResult, TableSpec, measurement
 
 MIM_CODEBOOK_SIZE = 8192  # BEiT v2 visual tokenizer: the MIM head predicts one of 8192 codes
 
@@ -80,8 +75,10 @@ MODELS: dict[str, dict[str, Any]] = {
 GROUP_TITLES = {
     "giant_config": "beit3_giant_patch14_224: configuration",
     "giant": "beit3_giant_patch14_224, paper layout, with MLM and MIM heads: parameters",
-    "base": "beit3_base_patch16_224, released layout: parameters (reference: torchscale 0.3.0)",
-    "large": "beit3_large_patch16_224, released layout: parameters (reference: torchscale 0.3.0)",
+    "base": "beit3_base_patch16_224, released layout: parameters (reference: counted from the official code, "
+            "torchscale 0.3.0; not in the paper)",
+    "large": "beit3_large_patch16_224, released layout: parameters (reference: counted from the official code, "
+             "torchscale 0.3.0; not in the paper)",
 }
 
 
@@ -149,18 +146,22 @@ def meta_parameter_sizes(model_name: str, layout: str, heads: bool) -> tuple[lis
     return sizes, config
 
 
-def parameter_rows(group: str, counts: Mapping[str, int], heads: bool) -> list[ResultRow]:
+def parameter_rows(group: str, counts: Mapping[str, int], heads: bool) -> list[dict[str, Any]]:
     """The rows of one model: its non-empty components, then the total (and backbone for heads)."""
-    rows = [ResultRow(group, key, LABELS[key], counts[key]) for key, _, _ in COMPONENTS if counts[key]]
+    rows = [measurement(group, key, counts[key], label=LABELS[key], metric="parameters")
+            for key, _, _ in COMPONENTS if counts[key]]
     if heads:
-        rows.append(ResultRow(group, "backbone", "backbone (without heads)", counts["total"] - counts["heads"]))
-    rows.append(ResultRow(group, "total", "total", counts["total"]))
+        rows.append(measurement(group, "backbone", counts["total"] - counts["heads"], label="backbone (without heads)",
+                                metric="parameters"))
+    rows.append(measurement(group, "total", counts["total"], label="total", metric="parameters"))
     return rows
 
 
 @register_table("table2")
 class Table2(TableSpec):
     """Model configuration of BEiT-3 and its parameters per component (no training involved)."""
+
+    differences_from_paper = True  # parameter counts are the same quantity in the paper and here
 
     def plan(self, profile: Profile, options: RunOptions) -> list[Experiment]:
         if options.ablation:
@@ -173,41 +174,70 @@ class Table2(TableSpec):
 
     def run(self, profile: Profile, options: RunOptions) -> TableResult:
         (experiment,) = self.plan(profile, options)
-        rows: list[ResultRow] = []
+        records: list[dict[str, Any]] = []
         for group, spec in experiment.config["models"].items():
             sizes, config = meta_parameter_sizes(spec["model"], spec["layout"], spec["heads"])
             if group == "giant":
-                rows += [ResultRow("giant_config", key, label, getattr(config, field))
-                         for key, label, field in CONFIG_ROWS]
-            rows += parameter_rows(group, count_components(sizes), spec["heads"])
-        groups = {g: GROUP_TITLES[g] for g in dict.fromkeys(r.group for r in rows)}
-        return TableResult(self.name, groups, tuple(rows))
+                records += [measurement("giant_config", key, getattr(config, field), label=label, metric=key)
+                            for key, label, field in CONFIG_ROWS]
+            records += parameter_rows(group, count_components(sizes), spec["heads"])
+        groups = {g: GROUP_TITLES[g] for g in dict.fromkeys(r["group"] for r in records)}
+        return TableResult.of(self.name, records, groups)
 
-    def render(self, result: TableResult, paper: Mapping[str, Any]) -> str:
-        rows = compare(result, paper)
-        title = f"Table 2: {self.title}"
-        return report.markdown_report(title, summary(rows), comparison_table(rows, result.groups))
+    def render(self, result: TableResult, paper: Mapping[str, Any]) -> render.Document:
+        rows = comparison(result.frame, paper)
+        blocks = [render.paragraph(summary(rows))]
+        # Groups whose reference figures all come from the official code, not from the paper.
+        from_code = {group for group in result.groups
+                     if (refs := [r for r in paper.get("rows", []) if r["group"] == group])
+                     and all(r.get("reference") == "official code" for r in refs)}
+        for group, title in result.groups.items():
+            members = rows[rows["group"] == group]
+            if members.empty:
+                continue
+            cells = [[r.label, r.paper_display or report.MISSING, report.format_number(r.value),
+                      report.format_delta(None if pd.isna(r.delta) else r.delta),
+                      report.format_percent(None if pd.isna(r.delta_pct) else r.delta_pct)]
+                     for r in members.itertuples(index=False)]
+            reference = "official code" if group in from_code else "paper"
+            blocks += [render.heading(title, level=3),
+                       render.table(cells, ["component", reference, "ours", "Δ", "Δ%"])]
+        source = paper.get("source", "")
+        if source:
+            blocks.append(render.paragraph(f"Reference figures: {source}."))
+        return render.Document(f"Table 2: {self.title}", tuple(blocks))
 
 
-def summary(rows: list[ComparisonRow]) -> str:
+def comparison(frame: pd.DataFrame, paper: Mapping[str, Any]) -> pd.DataFrame:
+    """The result frame with ``delta`` (ours - paper), ``delta_pct`` and ``within_rounding`` (the
+    difference is at most half the paper's last printed digit) where the paper has the figure."""
+    rows = frame.copy()
+    rows["delta"] = rows["value"] - rows["paper_value"]
+    rows["delta_pct"] = 100.0 * rows["delta"] / rows["paper_value"].where(rows["paper_value"] != 0)
+    resolution = paper_resolution(paper)
+    rows["resolution"] = [resolution.get((g, r), 0.0) for g, r in zip(rows["group"], rows["row"])]
+    rows["within_rounding"] = rows["delta"].abs() <= rows["resolution"] / 2
+    return rows
+
+
+def summary(rows: pd.DataFrame) -> str:
     """One line: the giant total against 1.9B, the component spread, and the reference totals."""
-    by_key = {(r.group, r.component): r for r in rows}
+    compared = rows[rows["paper_value"].notna()]
     parts = []
-    giant = by_key.get(("giant", "total"))
-    if giant is not None and giant.paper is not None:
-        parts.append(
-            f"giant (paper layout, with heads) has {report.format_number(giant.ours)} parameters vs the "
-            f"paper's {giant.paper_display} ({report.format_percent(giant.delta_pct)})"
-        )
-    components = [r for r in rows if r.group == "giant" and r.component != "total" and r.paper is not None]
-    if components:
-        worst = max(components, key=lambda r: abs(r.delta_pct or 0.0))
-        parts.append(f"its components are within {abs(worst.delta_pct or 0.0):.2f}% of the paper ({worst.label})")
-    compared = [r for r in rows if r.paper is not None]
-    within = sum(bool(r.within_rounding) for r in compared)
-    parts.append(f"{within}/{len(compared)} reference figures agree within their printed rounding")
-    exact = [r for r in rows if r.group in ("base", "large") and r.component == "total" and r.paper is not None]
-    if exact:
-        verdict = "match" if all(r.delta == 0 for r in exact) else "DO NOT match"
-        parts.append(f"{' and '.join(r.group for r in exact)} totals {verdict} torchscale 0.3.0")
+    giant = compared[(compared["group"] == "giant") & (compared["row"] == "total")]
+    if not giant.empty:
+        g = giant.iloc[0]
+        parts.append(f"giant (paper layout, with heads) has {report.format_number(g.value)} parameters vs the "
+                     f"paper's {g.paper_display} ({report.format_percent(g.delta_pct)})")
+    components = compared[(compared["group"] == "giant") & (compared["row"] != "total")]
+    if not components.empty:
+        worst = components.loc[components["delta_pct"].abs().idxmax()]
+        parts.append(f"its components are within {abs(worst.delta_pct):.2f}% of the paper ({worst.label})")
+    parts.append(f"{int(compared['within_rounding'].sum())}/{len(compared)} reference figures agree within their "
+                 "printed rounding")
+    counted = compared[compared["group"].isin(["base", "large"]) & (compared["row"] == "total")]
+    if not counted.empty:
+        verdict = "match" if (counted["delta"] == 0).all() else "DO NOT match"
+        parts.append(f"{' and '.join(counted['group'])} totals {verdict} the counts of the official code "
+                     "(torchscale 0.3.0)")
     return "; ".join(parts) + "."

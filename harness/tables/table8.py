@@ -10,14 +10,13 @@ on the benchmark world's ADE20K-format set; ``paper`` runs ``configs/seg/*_paper
 """
 from __future__ import annotations
 
-import statistics
 from typing import Any, Mapping, Sequence
 
 from harness import dense
 from harness.profiles import Profile
-from harness.tables import Experiment, ResultRow, TableResult, register_table
-from harness.tables import table7
-from harness.tables.table7 import render_dense_table
+from harness.tables import dense_tables, render
+from harness.tables.registry import register_table
+from harness.tables.types import Experiment, TableResult
 
 TASK = "ade20k_semantic_segmentation"
 HEADS: dict[str, tuple[str, str]] = {
@@ -49,74 +48,58 @@ def experiment_config(profile: Profile, source: dense.PretrainedSource, head: st
 
 def plan_experiments(table: str, profile: Profile, seeds: int,
                      sources: Sequence[dense.PretrainedSource]) -> list[Experiment]:
-    return table7.plan_experiments(table, profile, seeds, sources, TASK, HEADS, experiment_config)
+    return dense_tables.plan_experiments(table, profile, seeds, sources, task=TASK, heads=list(HEADS),
+                                         config_of=experiment_config)
 
 
 def measure(table: str, profile: Profile, seeds: int, sources: Sequence[dense.PretrainedSource],
             tracking_uri: str | None = None) -> TableResult:
-    """Fine-tune, validate (single scale) and TTA-test every (source, head, seed); means over seeds."""
-    reference = dense.reference_source(sources)
+    """Fine-tune, validate (single scale) and TTA-test every (source, head, seed); one row per seed."""
     data_root = dense.world_data_root(profile, "ade")
-    values: dict[tuple[str, str, str], list[float]] = {}
-    annotations: dict[str, str] = {}
-    for source in sources:
-        checkpoint = source.resolve()
-        for head in HEADS:
-            for seed in range(seeds):
-                experiment = Experiment(f"{table}/{source.name}/{head}/seed{seed}", TASK, profile.name, seed,
-                                        experiment_config(profile, source, head, seed))
-                work_dir = dense.work_dir_for(table, profile, f"{source.name}-{head}-seed{seed}",
-                                              experiment.config_hash)
-                common = dict(profile=profile.name, seed=seed, model_name=source.model_name,
-                              model_overrides=source.model_overrides, layout=source.layout, data_root=data_root,
-                              tracking_uri=tracking_uri)
-                tags = {"table": table, "head": head, "source": source.name,
-                        "experiment_config_hash": experiment.config_hash}
-                trained = dense.run_dense(
-                    experiment.config["config"], work_dir=work_dir / "train", run_name=experiment.name,
-                    checkpoint=checkpoint.path, max_iters=profile.max_steps, batch_size=profile.batch_size,
-                    parent_run_id=checkpoint.parent_run_id, parent_config_hash=checkpoint.parent_config_hash,
-                    tags=tags, **common,
-                )
-                if trained.checkpoint is None:
-                    raise FileNotFoundError(f"{experiment.name}: the training run saved no checkpoint in {work_dir}")
-                tested = dense.run_dense(
-                    experiment.config["config"], work_dir=work_dir / "tta", run_name=f"{experiment.name}/tta",
-                    mode="test", load_from=trained.checkpoint, tta=True, parent_run_id=trained.run_id,
-                    parent_config_hash=trained.config_hash, tags=tags, **common,
-                )
-                for metric, result in (("miou_ss", trained), ("miou_ms", tested)):
-                    if METRIC_KEY not in result.metrics:
-                        raise KeyError(
-                            f"{experiment.name}: IoUMetric reported no {METRIC_KEY!r} (got {sorted(result.metrics)})"
-                        )
-                    values.setdefault((head, source.name, metric), []).append(result.metrics[METRIC_KEY])
-                annotations[f"{head}.{source.name}.seed{seed}.run"] = trained.run_id
-                annotations[f"{head}.{source.name}.seed{seed}.tta_run"] = tested.run_id
-    rows = []
-    for head in HEADS:
-        for source in sources:
-            for metric, label in METRICS.items():
-                component = dense.row_component(source, reference, metric)
-                rows.append(ResultRow(head, component, f"{label} — {source.label}",
-                                      statistics.fmean(values[(head, source.name, metric)])))
-    groups = {head: title for head, (title, _) in HEADS.items()}
-    return TableResult(table, groups, tuple(rows), annotations)
+
+    def run_one(experiment, source, checkpoint, head, seed, tags):
+        work_dir = dense.work_dir_for(table, profile, f"{source.name}-{head}-seed{seed}", experiment.config_hash)
+        common = dict(profile=profile.name, seed=seed, model_name=source.model_name,
+                      model_overrides=source.model_overrides, layout=source.layout, data_root=data_root,
+                      tracking_uri=tracking_uri)
+        trained = dense.run_dense(
+            experiment.config["config"], work_dir=work_dir / "train", run_name=experiment.name,
+            checkpoint=checkpoint.path, max_iters=profile.max_steps, batch_size=profile.batch_size,
+            parent_run_id=checkpoint.parent_run_id, parent_config_hash=checkpoint.parent_config_hash,
+            tags=tags, **common,
+        )
+        if trained.checkpoint is None:
+            raise FileNotFoundError(f"{experiment.name}: the training run saved no checkpoint in {work_dir}")
+        tested = dense.run_dense(
+            experiment.config["config"], work_dir=work_dir / "tta", run_name=f"{experiment.name}/tta",
+            mode="test", load_from=trained.checkpoint, tta=True, parent_run_id=trained.run_id,
+            parent_config_hash=trained.config_hash, tags=tags, **common,
+        )
+        values = {}
+        for metric, result in (("miou_ss", trained), ("miou_ms", tested)):
+            if METRIC_KEY not in result.metrics:
+                raise KeyError(f"{experiment.name}: IoUMetric reported no {METRIC_KEY!r} (got {sorted(result.metrics)})")
+            values[metric] = result.metrics[METRIC_KEY]
+        return values, {"run": trained.run_id, "tta_run": tested.run_id}
+
+    return dense_tables.measure(table, profile, seeds, sources, task=TASK, heads=HEADS, metrics=METRICS,
+                                config_of=experiment_config, run_one=run_one)
 
 
 @register_table("table8")
-class Table8(table7.DenseTable):
+class Table8(dense_tables.DenseTable):
     """ADE20K mIoU (single- and multi-scale) of BEiT-3-initialised segmentors."""
 
     plan_experiments = staticmethod(plan_experiments)
     measure = staticmethod(measure)
 
-    def render(self, result: TableResult, paper: Mapping[str, Any]) -> str:
+    def render(self, result: TableResult, paper: Mapping[str, Any]) -> render.Document:
         summary = (
             "mIoU (points) of segmentors fine-tuned from each pretraining recipe, single-scale and with "
-            "multi-scale + flip testing; the reference recipe's Mask2Former is compared with the paper's "
-            "BEiT-3 (giant, ViT-Adapter + Mask2Former, 896^2 crops, ADE20K val). Synthetic profiles run a "
-            "tiny backbone on the benchmark world: they check the pipeline end to end, not the paper's numbers."
+            "multi-scale + flip testing, mean ± std over seeds. The paper's BEiT-3 (giant, ViT-Adapter + "
+            "Mask2Former, 896^2 crops, ADE20K val) is printed beside the reference recipe's rows, not differenced: "
+            "synthetic profiles run a tiny backbone on the benchmark world, which checks the pipeline end to end, "
+            "not the paper's numbers."
         )
         columns = (("model", "model"), ("crop", "crop size"), ("miou_ss", "mIoU"), ("miou_ms", "+MS"))
-        return render_dense_table(f"Table 8: {self.title}", summary, result, paper, columns)
+        return dense_tables.render_dense(f"Table 8: {self.title}", summary, result, paper, columns)

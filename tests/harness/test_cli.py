@@ -1,5 +1,5 @@
 """The `harness` command: list, run table2 end to end, and the errors for bad names and stores."""
-
+import re
 import sys
 import types
 
@@ -31,7 +31,7 @@ def test_list_tables_shows_captions_and_availability(capsys):
     assert list(lines) == [*(f"table{i}" for i in range(1, 11)), "compare"]  # the paper's, then the harness's own
     assert "available" in lines["table2"] and "Model configuration of BEiT-3" in lines["table2"]
     assert "available" in lines["table4"] and "visual question answering" in lines["table4"]
-    assert "not yet available" in lines["table1"] and "Overview" in lines["table1"]
+    assert "not yet" not in out and "Overview" in lines["table1"]  # table1 renders the other tables' runs
 
 
 def test_list_models_and_profiles(capsys):
@@ -58,11 +58,12 @@ def test_run_table2_writes_report_csv_and_mlflow_run(capsys, paths):
     report = (tmp_path / "rep" / "table2.md").read_text()
     assert report in out  # the CLI prints the report it wrote
     assert report.startswith("# Table 2: Model configuration of BEiT-3")
-    assert "| component | paper | ours | Δ | Δ% |" in report
-    assert "| total | 220,987,392 | 220,987,392 | +0 | +0.00% |" in report
-    csv = (tmp_path / "res" / "table2.csv").read_text().splitlines()
-    assert csv[0] == "group,component,label,paper,paper_display,ours,delta,delta_pct"
-    assert "base,total,total,220987392,\"220,987,392\",220987392,0,0.000000" in csv
+    cells = re.sub(r" +", " ", report)  # table cells are padded to the column width
+    assert "| component | paper | ours | Δ | Δ% |" in cells
+    assert "| total | 220,987,392 | 220,987,392 | +0 | +0.00% |" in cells
+    csv = (tmp_path / "res" / "table2.csv").read_text().splitlines()  # the tidy result frame
+    assert csv[0] == "table,group,row,label,recipe,seed,task,evaluation,split,metric,value,paper_value,paper_display,run_id"
+    assert "table2,base,total,total,,,,,,parameters,220987392.0,220987392.0,\"220,987,392\"," in csv
     assert not list(tmp_path.rglob("*.tmp"))
 
     client = MlflowClient(uri)
@@ -75,9 +76,9 @@ def test_run_table2_writes_report_csv_and_mlflow_run(capsys, paths):
     assert run.data.tags["table"] == "table2"
     assert run.data.metrics["base.total"] == 220_987_392
     assert run.data.metrics["large.total"] == 672_702_464
-    assert abs(run.data.metrics["giant.v_ffn.delta_pct"]) < 1
+    assert not [key for key in run.data.metrics if key.endswith("delta_pct")]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert artifacts == {"config.json", "table2.md", "table2.csv", "table_result.json"}
+    assert artifacts == {"config.json", "table2.md", "table_result.csv", "table_result.json"}
     assert (tmp_path / "mlruns").is_dir()  # artifacts beside the store
 
 
@@ -94,7 +95,6 @@ def test_dry_run_prints_plan_and_touches_nothing(capsys, paths):
     [
         (["run", "tabel2"], ["unknown table 'tabel2'", "did you mean table2", "table1, table2, table3"]),
         (["run", "table2", "table44"], ["unknown table 'table44'", "table10"]),
-        (["run", "table1"], ["table1", "not implemented yet", "available tables: table2"]),
         (["run", "table2", "--profile", "smok"], ["unknown profile 'smok'", "did you mean smoke", "mini, paper, smoke"]),
         (["run", "table2", "--seeds", "0"], ["--seeds must be at least 1"]),
         (["run", "table4", "--recipes", "beit3,clip"], ["unknown recipe 'clip'", "beit3, none, vlmo"]),

@@ -1,5 +1,8 @@
-"""`harness run compare` and the ablation switches: parsing, equal compute, lineage, verdicts, end to end."""
-import math
+"""`harness run compare` and the ablation switches: parsing, equal budgets, lineage, paired differences, end to end."""
+import re
+
+import numpy as np
+import pandas as pd
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -10,8 +13,11 @@ from harness.config import train_config_hash
 from harness.experiments import recipe_configs
 from harness.finetune import finetune_config
 from harness.profiles import UnknownNameError, get_profile
-from harness.tables import ResultRow, RunOptions, TableResult, get_table, list_tables
-from harness.tables.compare_recipes import COLUMNS, Stat, Verdict, summarize, verdict
+from harness import stats
+from harness.tables import RunOptions, TableResult, get_table, list_tables, measurement
+from harness.tables.compare_recipes import COLUMNS, TASK_OF, summarize
+from harness.tables.render import to_markdown
+from tasks.spec import MetricSpec
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +81,7 @@ def test_cli_ablation_errors_exit_2(capsys, sandbox, argv, expected):
     assert err.startswith("harness: error: ") and expected in err and len(err.strip().splitlines()) == 1
 
 
-# ----------------------------------------------------------------------------- equal compute and hashes
+# ----------------------------------------------------------------------------- ablations alike in every recipe, and hashes
 @pytest.mark.parametrize("ablation", [{"text_mask_prob": 0.3}, {"image_mask_ratio": 0.6}, {"pair_mask_prob": 0.25},
                                       {"batch_size": 4}, {"layout": "paper", "vl_ffn": "off"}])
 def test_an_ablation_changes_every_recipe_alike(ablation, sandbox):
@@ -86,7 +92,7 @@ def test_an_ablation_changes_every_recipe_alike(ablation, sandbox):
         for b, a in zip(base, ablated):
             assert train_config_hash(a) != train_config_hash(b)
             assert a.run_name == b.run_name + "-" + "-".join(f"{k}={v}" for k, v in checked)
-            assert a.max_steps * a.data["batch_size"] == b.max_steps * b.data["batch_size"]  # equal compute
+            assert a.max_steps * a.data["batch_size"] == b.max_steps * b.data["batch_size"]  # steps x batch kept
             assert apply_ablation(b, checked).semantic_dict() == {**a.semantic_dict(),
                                                                   "parent_config_hash": b.parent_config_hash}
         # A later stage descends from the ablated stage before it.
@@ -163,7 +169,7 @@ def test_dense_sources_follow_the_ablation(sandbox):
 
 # ----------------------------------------------------------------------------- the compare table
 def test_compare_is_listed_after_the_paper_tables(capsys):
-    assert list_tables()[-1] == "compare" and list_tables()[0] == "table2"
+    assert list_tables()[-1] == "compare" and list_tables()[0] == "table1"
     code, out, _ = _cli(capsys, "list", "tables")
     assert code == 0 and out.splitlines()[-1].startswith("compare")
     assert get_table("compare").paper_rows == {}
@@ -193,58 +199,76 @@ def test_compare_shares_its_runs_with_tables_4_6_and_10(sandbox):
         assert plan.items() <= compare.items()
 
 
-def test_verdicts_on_hand_made_numbers():
-    assert Stat.of([1.0, 2.0, 3.0]) == Stat(2.0, 1.0, 3)
-    assert Stat.of([5.0]) == Stat(5.0, None, 1)
-    clear = verdict({"vlmo": Stat(75.0, 1.0, 3), "beit3": Stat(80.0, 1.0, 3), "none": Stat(50.0, 1.0, 3)})
-    assert (clear.winner, clear.runner_up, clear.delta, clear.tie) == ("beit3", "vlmo", 5.0, False)
-    assert clear.spread == pytest.approx(math.sqrt(2)) and clear.text() == "beit3 +5.00 (3.5σ)"
-    tie = verdict({"beit3": Stat(79.0, 2.0, 3), "vlmo": Stat(80.0, 2.0, 3)})
-    assert tie.tie and tie.winner == "vlmo" and tie.text() == "tie within spread (vlmo +1.00, 0.4σ)"
-    edge = Verdict("beit3", "vlmo", delta=2.0, spread=2.0)
-    assert edge.tie  # |Δ| <= combined std
-    one_seed = verdict({"beit3": Stat(60.0, None, 1), "none": Stat(50.0, None, 1)})
-    assert not one_seed.tie and one_seed.text() == "beit3 +10.00 (one seed: no spread)"
-    assert verdict({"beit3": Stat(0.0, 0.0, 2), "none": Stat(1e-9, 0.0, 2)}).tie  # below the printed digits
-    assert verdict({"beit3": Stat(1.0, 0.0, 2)}).text() == "beit3 (only recipe)" and verdict({}) is None
+@pytest.fixture
+def item_specs(monkeypatch):
+    """Every compared metric as a mean of the per-item column ``score`` (x100 for the captioning ones),
+    until the task specs are read: the statistics do not depend on which task it is."""
+    def spec(task, metric):
+        return MetricSpec(metric, scale=100.0 if task == "captioning" else 1.0, item_column="score")
+
+    monkeypatch.setattr(stats, "metric_spec", spec)
 
 
-def test_summary_says_who_wins_where_from_the_numbers():
-    verdicts = [("VQAv2 val accuracy", Verdict("beit3", "vlmo", 5.0, 1.0)),
-                ("NLVR2 dev accuracy", Verdict("vlmo", "beit3", 0.5, 1.0)),
-                ("COCO retrieval TR@1", Verdict("beit3", "none", 3.0, 1.0))]
-    text = summarize(verdicts, ("beit3", "vlmo", "none"), seeds=3)
-    assert text.startswith("BEiT-3 MDM leads beyond the seeds' spread on 2 of 3 metrics: VQAv2 val accuracy and "
-                           "COCO retrieval TR@1.")
-    assert "VLMo staged and no pretraining lead nowhere beyond the seeds' spread." in text
-    assert "tied on 1 of 3: NLVR2 dev accuracy (VLMo staged vs BEiT-3 MDM)" in text and "rough" not in text
-    assert "one seed" in summarize([("x", Verdict("none", "beit3", 1.0))], ("beit3", "none"), seeds=1)
-    assert "rough estimate" in summarize(verdicts, ("beit3", "vlmo", "none"), seeds=2)
+def _per_item(shift: float, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    easiness = np.random.default_rng(99).normal(50.0, 20.0, 80)  # the same items for every recipe
+    return pd.DataFrame({"item_id": [f"i{k}" for k in range(80)], "cluster_id": [f"c{k // 2}" for k in range(80)],
+                         "prediction": "x", "score": easiness + shift + rng.normal(0.0, 1.0, 80)})
 
 
-def _hand_made_result(beit3: list[float], none: list[float]) -> TableResult:
-    rows = []
-    for recipe, values in (("beit3", beit3), ("none", none)):
-        for seed, value in enumerate(values):
-            rows += [ResultRow(recipe, f"seed{seed}.{column}", key, value) for column, _, key, *_ in COLUMNS]
-        rows += [ResultRow(recipe, "seed0.pretrain.stages", "stages", 1.0 if recipe == "beit3" else 0.0)]
-    rows += [ResultRow("beit3", "seed0.pretrain.stage1.steps", "steps", 4.0),
-             ResultRow("beit3", "seed0.pretrain.stage1.samples", "samples", 24.0)]
-    rows += [ResultRow("beit3", f"seed0.pretrain.{n}", n, 8.0) for n in ("images", "texts", "pairs")]
-    return TableResult("compare", {"beit3": "BEiT-3 MDM", "none": "no pretraining"}, tuple(rows),
-                       {"ablation": "layout=paper", "profile": "smoke", "seeds": str(len(beit3))})
+def _hand_made_result(shifts: dict[str, float], seeds: int = 3) -> TableResult:
+    frames, rows = {}, []
+    for recipe, shift in shifts.items():
+        for seed in range(seeds):
+            for column, measure, key, task, metric in COLUMNS:
+                run_id = f"{recipe}-{measure}-{seed}"
+                frames[run_id] = _per_item(shift, seed)
+                evaluation, split, name = key.rsplit(".", 2)
+                scale = 100.0 if TASK_OF[measure] == "captioning" else 1.0
+                rows.append(measurement(recipe, column, scale * frames[run_id]["score"].mean(), label=f"{task} {metric}",
+                                        recipe=recipe, seed=seed, task=TASK_OF[measure], evaluation=evaluation,
+                                        split=split, metric=name, run_id=run_id))
+        rows += [measurement(recipe, "pretrain.stages", 1.0 if recipe == "beit3" else 0.0, recipe=recipe, seed=0)]
+    rows += [measurement("beit3", "pretrain.stage1.steps", 4.0, recipe="beit3", seed=0),
+             measurement("beit3", "pretrain.stage1.samples", 24.0, recipe="beit3", seed=0)]
+    rows += [measurement("beit3", f"pretrain.{n}", 8.0, recipe="beit3", seed=0) for n in ("images", "texts", "pairs")]
+    titles = {"beit3": "BEiT-3 MDM", "vlmo": "VLMo staged", "none": "no pretraining"}
+    result = TableResult.of("compare", rows, {r: titles[r] for r in shifts},
+                            {"ablation": "layout=paper", "profile": "smoke", "seeds": str(seeds)})
+    differences = stats.recipe_differences(result.frame, loader=lambda run_id, *_: frames[run_id], n_resamples=200)
+    return result.with_differences(differences)
 
 
-def test_render_is_generated_from_the_numbers():
+def test_render_reports_paired_differences_from_the_numbers(item_specs):
     spec = get_table("compare")
-    text = spec.render(_hand_made_result([0.80, 0.82, 0.81], [0.50, 0.52, 0.51]), {})
+    text = re.sub(r" +", " ", to_markdown(spec.render(_hand_made_result({"beit3": 5.0, "none": 0.0}), {})))
     assert text.splitlines()[0].endswith("— ablation layout=paper")
     assert "| BEiT-3 MDM | 1 | 4 × 6 | 24 | 8 | 8 | 8 |" in text
-    assert "| VQAv2 | val accuracy | 0.81 ± 0.01 | 0.51 ± 0.01 | beit3 +0.30 (21.2σ) |" in text
-    assert "| captioning | test CIDEr | 81.00 ± 1.00 | 51.00 ± 1.00 | beit3 +30.00 (21.2σ) |" in text
-    assert f"BEiT-3 MDM leads beyond the seeds' spread on {len(COLUMNS)} of {len(COLUMNS)} metrics" in text
-    flipped = spec.render(_hand_made_result([0.50, 0.52, 0.51], [0.80, 0.82, 0.81]), {})
-    assert f"no pretraining leads beyond the seeds' spread on {len(COLUMNS)} of {len(COLUMNS)}" in flipped
+    results = text.split("## Results")[1].split("##")[0]
+    assert len([line for line in results.splitlines() if line.startswith("| ") and " ± " in line]) == len(COLUMNS)
+    assert re.search(r"\| VQAv2 \| val accuracy \| [\d.]+ ± [\d.]+ \([\d.]+ / [\d.]+ / [\d.]+\) \|", results)
+    assert "leader" not in text and "σ" not in text  # no rule in units of single runs' std
+    assert (f"BEiT-3 MDM vs no pretraining ({len(COLUMNS)} metrics): BEiT-3 MDM better on VQAv2 val accuracy, "
+            in text)
+    pairs = [line for line in text.splitlines() if "| BEiT-3 MDM − no pretraining |" in line]
+    assert len(pairs) == len(COLUMNS) and all("| BEiT-3 MDM better |" in line for line in pairs)
+    assert "| captioning test CIDEr | BEiT-3 MDM − no pretraining | +500." in text  # x100 from the metric spec
+    same = re.sub(r" +", " ", to_markdown(spec.render(_hand_made_result({"beit3": 0.0, "none": 0.0}), {})))
+    summary = same.split("## Which is better where")[1].split("##")[0]
+    assert "no detectable difference on VQAv2 val accuracy, " in summary and "better" not in summary
+
+
+def test_summary_says_which_recipe_is_better_where(item_specs):
+    result = _hand_made_result({"beit3": 5.0, "vlmo": 0.0, "none": 0.0}, seeds=2)
+    labels = {column: f"{task} {metric}" for column, _, _, task, metric in COLUMNS}
+    text = summarize(result.differences, labels, seeds=2)
+    assert text.startswith(f"BEiT-3 MDM vs VLMo staged ({len(COLUMNS)} metrics): BEiT-3 MDM better on VQAv2 val "
+                           "accuracy, ")
+    assert (f"VLMo staged vs no pretraining ({len(COLUMNS)} metrics): no detectable difference on VQAv2 val "
+            "accuracy, ") in text
+    assert "With 2 seed(s) the seed level of the intervals is coarse: run --seeds 3 or more." in text
+    assert "coarse" not in summarize(result.differences, labels, seeds=3)
+    assert summarize(pd.DataFrame(columns=list(stats.DIFFERENCE_COLUMNS)), labels, 3).startswith("No paired")
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -254,11 +278,13 @@ def test_compare_on_smoke_through_the_cli(capsys, sandbox, tmp_path):
                         "--tracking-uri", sandbox, "--out", str(tmp_path / "reports"),
                         "--results-dir", str(tmp_path / "results"))
     assert code == 0, err
-    text = (tmp_path / "reports" / "compare.md").read_text()
+    text = re.sub(r" +", " ", (tmp_path / "reports" / "compare.md").read_text())
     assert "2 seed(s) per recipe" in text and "| BEiT-3 MDM | 1 | 4 × 6 | 24 | 8 | 8 | 8 |" in text
-    assert "## Which wins where" in text and "rough estimate" in text and "VLMo" not in text.split("## Results")[1]
-    body = [line for line in text.splitlines() if line.startswith("| ") and " ± " in line]
-    assert len(body) == len(COLUMNS)
+    assert "## Which is better where" in text and "coarse" in text and "VLMo" not in text.split("## Results")[1]
+    results = text.split("## Results")[1].split("##")[0]
+    assert len([line for line in results.splitlines() if line.startswith("| ") and " ± " in line]) == len(COLUMNS)
+    pairs = [line for line in text.splitlines() if "| BEiT-3 MDM − no pretraining |" in line]
+    assert len(pairs) == len(COLUMNS)  # one paired difference per metric, each with its interval
     client = MlflowClient(sandbox)
     (run,) = client.search_runs([client.get_experiment_by_name("beit3-tables").experiment_id])
     assert run.data.tags["table"] == "compare" and run.info.run_name == "compare-smoke"

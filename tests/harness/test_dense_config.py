@@ -2,6 +2,8 @@
 sources, and the table specs' plans/rendering (no Runner: fast)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 pytest.importorskip("mmdet")
@@ -9,7 +11,8 @@ pytest.importorskip("mmseg")
 
 from harness import dense  # noqa: E402
 from harness.profiles import get_profile  # noqa: E402
-from harness.tables import ResultRow, TableResult, load_paper  # noqa: E402
+from harness.tables import TableResult, attach_paper, load_paper, measurement  # noqa: E402
+from harness.tables.render import to_markdown  # noqa: E402
 
 SMOKE_ARCH = dict(embed_dim=32, depth=2, num_heads=2, patch_size=8, img_size=32)
 
@@ -122,7 +125,10 @@ def test_paper_files_and_rendering(name, head, metrics):
     paper = load_paper(name)
     assert {(r["group"], r["component"]) for r in paper["rows"]} == {(head, m) for m in metrics}
     assert any(row["model"] == "BEiT-3" for row in paper["other_rows"])
-    rows = tuple(ResultRow(h, m, f"{m} of {h}", 1.25) for h in module.HEADS for m in metrics)
-    result = TableResult(name, {h: t for h, (t, _) in module.HEADS.items()}, rows)
-    markdown = getattr(module, name.capitalize())(name=name, title="t").render(result, paper)
-    assert "| BEiT-3 |" in markdown and str(paper["rows"][0]["display"]) in markdown and "1.2500" in markdown
+    rows = [measurement(h, m, value, label=f"{m} of {h}", seed=seed) for h in module.HEADS for m in metrics
+            for seed, value in enumerate((1.0, 1.5))]
+    result = TableResult.of(name, rows, {h: t for h, (t, _) in module.HEADS.items()})
+    result = TableResult(name, attach_paper(result.frame, paper), result.groups)
+    markdown = re.sub(r" +", " ", to_markdown(getattr(module, name.capitalize())(name=name, title="t").render(result, paper)))
+    assert "| BEiT-3 |" in markdown and "1.25 ± 0.35 | 2 | " + str(paper["rows"][0]["display"]) in markdown
+    assert "Δ" not in markdown  # side by side with the paper's giant results, not differenced

@@ -125,9 +125,9 @@ def test_table_measurement_on_a_random_init_source(table, head, tmp_path, world,
     monkeypatch.setattr(dense, "world_data_root", lambda profile, dataset: world / dataset)
     source = dense.random_init_source(get_profile("smoke"))  # writes under $BEIT3_RUNS_DIR
     result = module.measure(table, get_profile("smoke"), 1, [source], tracking_uri=store)
-    components = {r.component for r in result.rows}
-    assert components == set(module.METRICS) and {r.group for r in result.rows} == {head}
-    assert all(0.0 <= r.value <= 100.0 for r in result.rows)
+    frame = result.frame
+    assert set(frame["row"]) == set(module.METRICS) and set(frame["group"]) == {head}
+    assert frame["value"].between(0.0, 100.0).all() and set(frame["seed"]) == {0}
     run_ids = [v for k, v in result.annotations.items() if k.endswith("run")]
     assert len(run_ids) == (1 if table == "table7" else 2)
     for run_id in run_ids:

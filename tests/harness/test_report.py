@@ -17,7 +17,8 @@ from PIL import Image
 from harness import report, tracking
 from harness.cli import main
 from harness.profiles import get_profile
-from harness.tables import Experiment, ResultRow, RunOptions, TableResult, get_table, run_table
+from harness.tables import Experiment, RunOptions, TableResult, get_table, measurement, run_table
+from harness.tables import render
 from harness.tables.table4 import Table4
 
 SMOKE = get_profile("smoke")
@@ -37,16 +38,20 @@ class HandMadeTable4(Table4):
 
 
 def hand_made_result() -> TableResult:
-    values = {"beit3": ([10.0, 20.0], [0.4, 0.5]), "none": ([5.0, 5.0], [0.1, 0.3])}
+    """Display units (BLEU-4 already x100); no run ids, so no per-item results to pair."""
+    values = {"beit3": ([10.0, 20.0], [40.0, 50.0]), "none": ([5.0, 5.0], [10.0, 30.0])}
     rows = []
     for recipe, (vqa, bleu) in values.items():
         for seed in range(2):
-            rows.append(ResultRow(recipe, f"seed{seed}.eval.val.vqa_accuracy", "eval.val.vqa_accuracy", vqa[seed]))
-            rows.append(ResultRow(recipe, f"seed{seed}.eval.test.BLEU-4", "eval.test.BLEU-4", bleu[seed]))
-    rows.append(ResultRow("prior", "seed0.eval.val.vqa_accuracy", "eval.val.vqa_accuracy", 31.0))
+            rows.append(measurement(recipe, "vqav2.val.vqa_accuracy", vqa[seed], label="val vqa_accuracy",
+                                    recipe=recipe, seed=seed, task="vqav2", evaluation="eval", split="val",
+                                    metric="vqa_accuracy"))
+            rows.append(measurement(recipe, "captioning.test.BLEU-4", bleu[seed], label="test BLEU-4", recipe=recipe,
+                                    seed=seed, task="captioning", evaluation="eval", split="test", metric="BLEU-4"))
+    rows.append(measurement("prior", "vqav2.val.vqa_accuracy", 31.0))
     groups = {"beit3": "BEiT-3 MDM pretraining", "none": "no pretraining", "prior": "answer prior only"}
-    annotations = {"beit3.seed0.vqav2": "`abcdef12` (ran)", "none.seed0.vqav2": "`12abcdef` (ran)"}
-    return TableResult("table4", groups, tuple(rows), annotations)
+    annotations = {"beit3.seed0.vqav2": "abcdef12 (ran)", "none.seed0.vqav2": "12abcdef (ran)"}
+    return TableResult.of("table4", rows, groups, annotations)
 
 
 def _cli(capsys, *argv):
@@ -121,26 +126,27 @@ def test_mean_std_is_the_sample_std_over_seeds():
     assert report.format_mean_std([3.0], digits=1) == "3.0"
     with pytest.raises(ValueError, match="at least one value"):
         report.mean_std([])
-    text = get_table("table4").render(hand_made_result(), get_table("table4").paper_rows)
+    text = render.to_markdown(get_table("table4").render(hand_made_result(), get_table("table4").paper_rows))
+    text = re.sub(r" +", " ", text)  # cells are padded to the column width
     assert "Mean ± std over seeds" in text and "half-range" not in text
     row = next(line for line in text.splitlines() if line.startswith("| ours, BEiT-3 MDM pretraining"))
     assert "| 15.00 ± 7.07 |" in row  # VQA: sample std of 10 and 20
     assert "| 45.00 ± 7.07 |" in row  # BLEU-4 x100: 40 and 50
     assert "| 5.00 ± 0.00 |" in next(line for line in text.splitlines() if line.startswith("| ours, no pretraining"))
+    assert "| Oscar (paper) | 73.61 |" in text  # the paper's rows beside ours
 
 
 def test_latex_is_booktabs_and_escaped(reported):
-    table = report.MarkdownTable(("name", "value"), ("l", "r"),
-                                 (("**group_a**", ""), ("R&D_x", "50%"), ("$#{}~^\\", "a ± b")))
-    tex = report.latex_tabular(table)
-    assert tex.splitlines()[:2] == [r"\begin{tabular}{lr}", r"\toprule"]
-    assert r"\multicolumn{2}{l}{\textbf{group\_a}} \\" in tex
+    block = render.table([["R&D_x", "50%"], ["$#{}~^\\", "a ± b"]], ["name_a", "value"], align=("l", "r"))
+    tex = render.latex_table(block)
+    assert tex.splitlines()[:4] == [r"\begin{tabular}{lr}", r"\toprule", r"name\_a & value \\", r"\midrule"]
     assert r"R\&D\_x & 50\% \\" in tex
     assert r"\$\#\{\}\textasciitilde{}\textasciicircum{}\textbackslash{} & a $\pm$ b \\" in tex
     assert tex.splitlines()[-2:] == [r"\bottomrule", r"\end{tabular}"]
     written = (reported["root"] / "rep" / "table2.tex").read_text()
-    assert written.count(r"\begin{tabular}") == 1 and r"\midrule" in written
-    assert r"\multicolumn{5}{l}{\textbf{beit3\_giant\_patch14\_224: configuration}}" in written
+    assert written.count(r"\begin{tabular}") == 4 and r"\midrule" in written  # one per model group
+    assert "% beit3\\_giant\\_patch14\\_224: configuration" not in written  # comments are not escaped
+    assert "% beit3_giant_patch14_224: configuration" in written
     assert r"$\Delta$\%" in written  # the Δ% header
     body = [line for line in written.splitlines() if not line.startswith("%")]
     assert not [line for line in body if re.search(r"(?<!\\)[%&_#]", line.replace(" & ", " "))]
@@ -247,3 +253,19 @@ def test_report_of_real_smoke_runs_equals_run(capsys, tmp_path, monkeypatch):
         assert f"{table}: wrote rep/{table}.md, rep/{table}.tex, rep/{table}.html, res/{table}.csv" in out
     page = (tmp_path / "rep" / "table3.html").read_text()
     assert page.count("<svg") == 2 and "vlmo seed 0" in page  # the staged recipe's loss, stages in a row
+
+
+def test_table1_is_rendered_from_the_recorded_tables(capsys, store, tmp_path):
+    """`harness run table1` on smoke: table4's recorded numbers beside the paper's overview; the tables
+    without a recorded run are named with the command that makes them."""
+    code, out, err = _cli(capsys, "run", "table1", "--tracking-uri", store["uri"], "--out", tmp_path / "rep",
+                          "--results-dir", tmp_path / "res")
+    assert code == 0, err
+    text = re.sub(r" +", " ", (tmp_path / "rep" / "table1.md").read_text())
+    assert text.startswith("# Table 1: Overview of BEiT-3 results")
+    vqa = next(line for line in text.splitlines() if line.startswith("| Visual QA | VQAv2 |"))
+    assert "| 82.3 (CoCa) | 84.0 | 15.0 ± 7.1 | table4 |" in vqa  # the hand-made table4 run's seeds 10 and 20
+    ade = next(line for line in text.splitlines() if line.startswith("| Semantic segmentation | ADE20K |"))
+    assert "| 61.4 (FD-SwinV2) | 62.8 | – | table8 |" in ade
+    assert "## Missing" in text and "`harness run table8 --profile smoke`" in text
+    assert "`harness run table4" not in text

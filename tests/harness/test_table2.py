@@ -6,7 +6,8 @@ import re
 import pytest
 
 from harness.profiles import get_profile
-from harness.tables import ResultRow, RunOptions, TableResult, compare, get_table, load_paper, write_atomic
+from harness.tables import RunOptions, TableResult, attach_paper, get_table, load_paper, measurement, write_atomic
+from harness.tables.render import to_markdown
 from harness.tables.table2 import count_components, meta_parameter_sizes
 
 D, F, V = 8, 32, 50  # embed dim, FFN dim, vocab of the fake name lists
@@ -95,8 +96,8 @@ def result():
 
 
 def _value(result, group, component):
-    (row,) = [r for r in result.rows if (r.group, r.component) == (group, component)]
-    return row.value
+    (value,) = result.frame.loc[(result.frame["group"] == group) & (result.frame["row"] == component), "value"]
+    return value
 
 
 def test_released_totals_match_torchscale(result):
@@ -106,8 +107,9 @@ def test_released_totals_match_torchscale(result):
 
 def test_groups_sum_to_totals(result):
     for group in ("giant", "base", "large"):
-        parts = [r.value for r in result.rows if r.group == group and r.component not in ("total", "backbone")]
-        assert sum(parts) == _value(result, group, "total"), group
+        frame = result.frame
+        parts = frame.loc[(frame["group"] == group) & ~frame["row"].isin(["total", "backbone"]), "value"]
+        assert parts.sum() == _value(result, group, "total"), group
     assert _value(result, "giant", "backbone") == _value(result, "giant", "total") - _value(result, "giant", "heads")
 
 
@@ -131,16 +133,19 @@ def test_real_tiny_paper_layout_is_fully_grouped():
 
 
 # ----------------------------------------------------------------------------- rendering
-def _fake_result():
+def _fake_result(paper=None):
     rows = (
-        ResultRow("giant_config", "layers", "layers", 40),
-        ResultRow("giant", "v_ffn", "V-FFN (A)", 692_966_400),
-        ResultRow("giant", "embeddings", "embeddings", 92_764_672),
-        ResultRow("giant", "total", "total", 1_950_050_186),
-        ResultRow("base", "total", "total", 220_987_392),
+        measurement("giant_config", "layers", 40, label="layers"),
+        measurement("giant", "v_ffn", 692_966_400, label="V-FFN (A)"),
+        measurement("giant", "embeddings", 92_764_672, label="embeddings"),
+        measurement("giant", "total", 1_950_050_186, label="total"),
+        measurement("base", "total", 220_987_392, label="total"),
     )
     groups = {"giant_config": "configuration", "giant": "giant | paper layout", "base": "base"}
-    return TableResult("table2", groups, rows)
+    result = TableResult.of("table2", rows, groups)
+    if paper is None:
+        return result
+    return TableResult("table2", attach_paper(result.frame, paper), groups)
 
 
 def _fake_paper():
@@ -157,27 +162,28 @@ def _fake_paper():
 
 def test_render_is_pure_and_deterministic():
     spec, result, paper = get_table("table2"), _fake_result(), _fake_paper()
+    result = _fake_result(paper)
     paper_before = copy.deepcopy(paper)
-    first = spec.render(result, paper)
-    assert first == spec.render(_fake_result(), _fake_paper())
+    first = to_markdown(spec.render(result, paper))
+    assert first == to_markdown(spec.render(_fake_result(_fake_paper()), _fake_paper()))
     assert paper == paper_before
-    lines = first.splitlines()
+    lines = [re.sub(r" +", " ", line) for line in first.splitlines()]  # cells are padded to the column width
     assert lines[0] == "# Table 2: Model configuration of BEiT-3. The architecture layout follows ViT-giant"
     assert lines[2].startswith("giant (paper layout, with heads) has 1,950,050,186 parameters vs the paper's 1.9B (+2.63%)")
-    assert lines[4] == "| component | paper | ours | Δ | Δ% |"
+    assert lines[4] == "### configuration" and lines[6] == "| component | paper | ours | Δ | Δ% |"
     assert "| V-FFN (A) | 692M | 692,966,400 | +966,400 | +0.14% |" in lines
     assert "| embeddings | – | 92,764,672 | – | – |" in lines
     assert "| total | 220,987,392 | 220,987,392 | +0 | +0.00% |" in lines
-    assert r"| **giant \| paper layout** |  |  |  |  |" in lines  # a pipe in a cell is escaped
+    assert "### giant | paper layout" in lines
     # 692M and 1.9B are missed by more than half their last digit; 40 and the base total agree.
-    assert "; 2/4 reference figures agree within their printed rounding; base totals match torchscale 0.3.0." in lines[2]
+    assert "; 2/4 reference figures agree within their printed rounding; base totals match" in lines[2]
 
 
-def test_compare_rejects_paper_rows_without_a_measurement():
+def test_paper_join_rejects_paper_rows_without_a_measurement():
     paper = _fake_paper()
     paper["rows"].append({"group": "giant", "component": "vl_ffn", "value": 52e6})
     with pytest.raises(ValueError, match="vl_ffn"):
-        compare(_fake_result(), paper)
+        attach_paper(_fake_result().frame, paper)
 
 
 def test_paper_file_is_checked(tmp_path):
@@ -200,3 +206,19 @@ def test_write_atomic_replaces_without_leftovers(tmp_path):
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644  # the umask's mode, not mkstemp's private 0600
+
+
+def test_released_totals_are_labelled_as_counted_from_the_official_code(result):
+    paper = load_paper("table2")
+    for row in paper["rows"]:
+        from_code = row["group"] in ("base", "large")
+        assert (row.get("reference") == "official code") == from_code, row
+        assert ("not a paper figure" in row["source"]) == from_code
+    spec = get_table("table2")
+    joined = TableResult("table2", attach_paper(result.frame, paper), result.groups)
+    text = re.sub(r" +", " ", to_markdown(spec.render(joined, paper)))
+    base = text.split("### beit3_base_patch16_224")[1]
+    assert "(reference: counted from the official code, torchscale 0.3.0; not in the paper)" in base.splitlines()[0]
+    assert "| component | official code | ours | Δ | Δ% |" in base
+    giant = text.split("### beit3_giant_patch14_224, paper layout")[1].split("###")[0]
+    assert "| component | paper | ours | Δ | Δ% |" in giant

@@ -1,0 +1,135 @@
+"""What the vision-language tables (4, 5, 6, 9, 10 and compare) share: recipe titles, the measured
+numbers of a finetune in display units (scale from the task spec), the world's baselines, cells over
+seeds and the paired differences between recipes."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from harness import report, stats
+from harness.profiles import Profile
+from harness.tables import render
+from harness.tables.types import TableResult, measurement
+from tasks.data.world_root import world_profile
+
+RECIPE_TITLES = {"beit3": "BEiT-3 MDM pretraining", "vlmo": "VLMo staged pretraining", "none": "no pretraining"}
+
+
+def metric_spec(task: str, metric: str):
+    """The task spec's ``MetricSpec`` of ``metric`` (display scale, direction, per-item column)."""
+    return stats.metric_spec(task, metric)
+
+
+def split_key(key: str) -> tuple[str, str, str]:
+    """``eval.val.vqa_accuracy`` -> (``eval``, ``val``, ``vqa_accuracy``);
+    ``zeroshot.flickr30k.test.tr_r1`` -> (``zeroshot.flickr30k``, ``test``, ``tr_r1``)."""
+    evaluation, split, metric = key.rsplit(".", 2)
+    return evaluation, split, metric
+
+
+def run_note(result: Any) -> str:
+    """``abcdef12 (reused)``: the short id and reuse status of a finetune's run."""
+    return f"{result.run.run_id[:8]} ({result.run.status})"
+
+
+def finetune_measurements(group: str, seed: int, task: str, metrics: Mapping[str, float], keys: Iterable[str],
+                          run_id: str, row_of=None, label_of=None) -> list[dict[str, Any]]:
+    """The measured numbers of one finetune (or zero-shot evaluation), in display units.
+
+    Args:
+        group: the row group (the recipe).
+        seed: the finetune's seed.
+        task: the task whose spec gives each metric's scale.
+        metrics: the run's logged metrics (``<evaluation>.<split>.<metric>``).
+        keys: which of them to take; a key the run lacks is skipped (the table prints it missing).
+        run_id: the run that measured them.
+        row_of: key -> row id (default ``<task>.<split>.<metric>``).
+        label_of: key -> label (default ``<split> <metric>``).
+    """
+    records = []
+    for key in keys:
+        if key not in metrics:
+            continue
+        evaluation, split, metric = split_key(key)
+        scale = metric_spec(task, metric).scale
+        row = row_of(key) if row_of else f"{task}.{split}.{metric}"
+        label = label_of(key) if label_of else f"{split} {metric}"
+        records.append(measurement(group, row, scale * float(metrics[key]), label=label, recipe=group, seed=seed,
+                                   task=task, evaluation=evaluation, split=split, metric=metric, run_id=run_id))
+    return records
+
+
+def task_keys(task: str, evaluation: str = "eval") -> list[str]:
+    """``<evaluation>.<split>.<metric>`` of every evaluation split and metric the task spec declares."""
+    import tasks
+
+    spec = tasks.get_task(task)
+    return [f"{evaluation}.{split}.{m.name}" for split in spec.eval_splits for m in spec.metrics]
+
+
+def world_baselines(profile: Profile) -> Mapping[str, Any] | None:
+    """The benchmark world's baselines (its ``world.json``), or None for a profile on real data."""
+    root = profile.pretrain.get("data", {}).get("root", "")
+    if world_profile(root) is None:
+        return None
+    from harness.experiments import world_manifest
+
+    return world_manifest(root)["baselines"]
+
+
+def values_of(frame: pd.DataFrame, group: str, row: str) -> list[float]:
+    """The values of one (group, row) over seeds, in seed order."""
+    found = frame[(frame["group"] == group) & (frame["row"] == row)]
+    return found.sort_values("seed", na_position="first")["value"].tolist()
+
+
+def seed_cell(frame: pd.DataFrame, group: str, row: str, digits: int = 2, missing: str = report.MISSING) -> str:
+    """``mean ± std`` over seeds of one (group, row); ``missing`` when nothing was measured."""
+    values = values_of(frame, group, row)
+    return report.format_mean_std(values, digits=digits) if values else missing
+
+
+def recipe_groups(result: TableResult) -> list[str]:
+    """The row groups that are recipes (not the world's baselines), in display order."""
+    recipes = set(result.frame.loc[result.frame["recipe"] != "", "recipe"])
+    return [g for g in result.groups if g in recipes]
+
+
+def differences_blocks(result: TableResult, titles: Mapping[str, str] = RECIPE_TITLES,
+                       digits: int = 2) -> list[render.Block]:
+    """The paired differences between recipes: per metric and pair, A − B with its 95% interval, the
+    verdict, each seed's value and mean ± std of each recipe."""
+    from harness.stats import N_RESAMPLES, split_values, verdict
+
+    differences = result.differences
+    if differences.empty:
+        return []
+    seeds = int(differences["seeds"].max())
+    intro = (f"Difference A − B of each metric with a 95% interval from a paired hierarchical bootstrap "
+             f"({N_RESAMPLES} resamples of the paired seeds, then of the evaluation set's item clusters, the same "
+             f"for both recipes); an interval that covers 0 is no detectable difference. Each seed's value is "
+             f"printed; mean ± std (sample std over seeds) is a column.")
+    if seeds < 3:
+        intro += f" With {seeds} seed(s) the seed level is coarse: run --seeds 3 or more."
+    cells = []
+    for row in differences.to_dict("records"):
+        spec = metric_spec(row["task"], row["metric"])
+        a, b = split_values(row["values_a"]), split_values(row["values_b"])
+
+        def seeds_text(values: Sequence[float]) -> str:
+            return " / ".join(f"{v:.{digits}f}" for v in values) or report.MISSING
+
+        def mean_std(values: Sequence[float]) -> str:
+            return report.format_mean_std(values, digits) if values else report.MISSING
+
+        interval = (report.MISSING if row["note"] else
+                    f"{row['estimate']:+.{digits}f} [{row['ci_low']:+.{digits}f}, {row['ci_high']:+.{digits}f}]")
+        cells.append([row["label"], f"{titles.get(row['recipe_a'], row['recipe_a'])} − "
+                      f"{titles.get(row['recipe_b'], row['recipe_b'])}", interval,
+                      verdict(row, titles, spec.higher_is_better), seeds_text(a), seeds_text(b), mean_std(a),
+                      mean_std(b)])
+    columns = ["metric", "A − B", "difference [95% CI]", "verdict", "A per seed", "B per seed", "A mean ± std",
+               "B mean ± std"]
+    return [render.heading("Paired differences between recipes"), render.paragraph(intro),
+            render.table(cells, columns, align=("l", "l", "r", "l", "r", "r", "r", "r"))]
