@@ -35,6 +35,7 @@ from .checkpointing import (
 from .config import ConfigError, TrainConfig, load_train_config, train_config_hash
 from .distributed import DistInfo, all_reduce_mean, process_group
 from .optim import build_optimizer, lr_at, set_lr
+from .seeding import seed_everything
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -145,7 +146,7 @@ def train(
     info = info or DistInfo()
     device = info.device
     chash = train_config_hash(cfg)
-    torch.manual_seed(cfg.seed + info.rank)
+    seed_everything(cfg.seed, info.rank)  # drop path and other in-model draws, per rank
 
     # ---- model, optimizer, scaler
     model.to(device)
@@ -173,7 +174,7 @@ def train(
     elif cfg.init_from:
         from backbones import load_checkpoint
 
-        load_checkpoint(unwrap(model), cfg.init_from, drop=cfg.init_drop)
+        load_checkpoint(unwrap(model), cfg.init_from, drop=cfg.init_drop, rename=cfg.init_rename)
 
     # ---- the loop
     progress = None
@@ -353,6 +354,7 @@ def run_training(cfg: TrainConfig) -> TrainResult:
     from .tracking import start_run
 
     with process_group() as info:
+        seed_everything(cfg.seed)  # the initial weights (backbone and heads): the same on every rank
         model = tasks.build_model(cfg.task, cfg.model, **cfg.model_overrides)
         data_config = resolve_data_root(cfg.data)
         if cfg.global_batch_size:
