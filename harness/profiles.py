@@ -65,6 +65,9 @@ class Profile:
         finetune: overrides of the tasks' official recipes: ``common`` for every task, then per task.
         budget_tolerance: how far (relative) a recipe's pretraining FLOPs may be from the reference's
             once its steps are rounded to integers.
+        pretrain_ranks: the ranks the pretraining batch (per rank) is meant for, which ``--dry-run``
+            counts FLOPs on unless ``--nproc`` says otherwise (``paper``: 16 per GPU x 128 GPUs = the
+            paper's 2048 per stream).
     """
 
     name: str
@@ -77,6 +80,7 @@ class Profile:
     pretrain: Mapping[str, Any] = field(default_factory=dict)
     finetune: Mapping[str, Any] = field(default_factory=dict)
     budget_tolerance: float = 0.05
+    pretrain_ranks: int = 1
 
     @property
     def synthetic(self) -> bool:
@@ -174,6 +178,7 @@ PROFILES: dict[str, Profile] = {
                                 pretraining_pairs="data/pretrain"),
             ),
             budget_tolerance=0.05,
+            pretrain_ranks=128,
         ),
     )
 }

@@ -294,7 +294,7 @@ def render_files(recorded: RecordedTable, uri: str, out_dir: Path, results_dir: 
         files[out_dir / f"{spec.name}.tex"] = report.markdown_to_latex(markdown, source=source)
     if "html" in formats:
         files[out_dir / f"{spec.name}.html"] = html_report(recorded, paper, markdown, uri)
-    files[results_dir / f"{spec.name}.csv"] = comparison_csv(compare(recorded.result, paper))
+    files[results_dir / f"{spec.name}.csv"] = spec.csv(recorded.result, compare(recorded.result, paper))
     return files
 
 

@@ -352,6 +352,10 @@ class TableSpec:
         """Markdown for ``result`` beside ``paper``; pure and deterministic."""
         raise NotImplementedError
 
+    def csv(self, result: TableResult, rows: Sequence[ComparisonRow]) -> str:
+        """``results/<name>.csv``: the comparison (``comparison_csv``) unless the table has its own columns."""
+        return comparison_csv(rows)
+
 
 _TABLES: dict[str, TableSpec] = {}
 _SpecT = TypeVar("_SpecT", bound=type[TableSpec])
@@ -495,7 +499,7 @@ def _run_and_record(spec, profile, options, plan, config, paper, out_dir, result
         result = spec.run(profile, options)
         rows = compare(result, paper)
         markdown = spec.render(result, paper)
-        csv_text = comparison_csv(rows)
+        csv_text = spec.csv(result, rows)
         report_path = write_atomic(Path(out_dir) / f"{spec.name}.md", markdown)
         csv_path = write_atomic(Path(results_dir) / f"{spec.name}.csv", csv_text)
         metrics = result.metrics()

@@ -103,3 +103,46 @@ def test_retrieval_starts_from_the_itc_heads_a_recipe_trained(variant, sandbox):
                             after=finetune_config("retrieval", "vlmo", smoke, variant={"source": "pretraining_pairs"}))
     assert after.init_rename == {} and after.init_drop == []  # the ITC stage's model loads whole
     assert finetune_config("vqav2", "vlmo", smoke).init_rename == {}  # no task but retrieval uses ITC heads
+
+
+# ----------------------------------------------------------------------------- equal FLOPs
+@pytest.mark.parametrize("profile", ["smoke", "mini"])
+def test_recipes_match_mdm_in_pretraining_flops_with_their_own_lr_ratios(profile, sandbox):
+    from harness.budget import check_flops, step_cost
+
+    prof = get_profile(profile)
+    mdm, vlmo = recipe_configs("beit3", prof), recipe_configs("vlmo", prof)
+    ratio = check_flops("vlmo", vlmo, mdm, prof)
+    assert abs(ratio - 1) <= prof.budget_tolerance
+    assert step_cost(vlmo[2]).flops > step_cost(vlmo[0]).flops  # stage 3's five passes cost more than MIM
+    assert [c.lr for c in vlmo] == [1.5e-3, 2e-4, 2e-4]  # VLMo's stage rates x (profile lr / MDM lr) = x 1
+    samples = recipe_configs("vlmo", prof, 0, check_ablation({"budget": "samples"}))
+    assert {c.max_steps for c in samples} == {mdm[0].max_steps}  # the old "equal compute"
+    steps = recipe_configs("vlmo", prof, 0, check_ablation({"budget": "steps"}))
+    assert sum(c.max_steps for c in steps) == pytest.approx(mdm[0].max_steps, abs=2)
+
+
+def test_proxy_count_equals_the_direct_count(sandbox, monkeypatch):
+    """The paper profile's proxy (narrow, shallow copies, extrapolated) on a model small enough to count directly."""
+    from harness import budget
+
+    prof = get_profile("mini")
+    cfg = recipe_configs("beit3", prof)[0]
+    cfg = dataclasses.replace(cfg, model_overrides={**cfg.model_overrides, "depth": 6, "embed_dim": 96, "num_heads": 4})
+    with torch.device("meta"):
+        config = tasks.build_model(cfg.task, cfg.model, **cfg.model_overrides).config
+    model = tasks.build_model(cfg.task, cfg.model, **cfg.model_overrides)
+    batch = budget.expected_batch(cfg, config, cfg.data["batch_size"])
+    direct = budget.step_flops(model, batch, tasks.training_step(cfg.task, cfg.forward_kwargs))
+    monkeypatch.setattr(budget, "_proxy_sizes", lambda d, f, h: (budget.Fraction(1, 4), budget.Fraction(1, 2)))
+    assert budget._count_by_proxy(cfg).flops == pytest.approx(direct, rel=1e-6)
+
+
+def test_dry_run_prints_every_pretraining_runs_flops_and_the_gpu_hours(sandbox, capsys, tmp_path):
+    from harness.cli import main
+
+    assert main(["run", "table3", "--profile", "smoke", "--dry-run", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    runs = [line for line in out.splitlines() if line.strip().startswith("- ")]
+    assert len(runs) == 4 and all("flops=" in line for line in runs)
+    assert "pretraining: 4 run(s)" in out and "GPU-hours at 40% of the H100 SXM dense BF16 peak" in out

@@ -136,6 +136,12 @@ def test_harness_run_table3_twice_on_fresh_stores_is_identical(env, tmp_path):
         assert_bit_identical(weights(first), weights(second))
     first, second = (finished_metrics(f"sqlite:///{store / 'mlflow.db'}", "beit3-pretrain") for store in outputs)
     assert len(first) == 4 and first == second
+    import pandas as pd
+
+    tables = [pd.read_csv(store / "results" / "table3.csv") for store in outputs]
+    assert list(tables[0].columns) == ["recipe", "seed", "stage", "optimizer_steps", "samples", "flops", "wall_time_s"]
+    assert list(tables[0]["stage"]) == ["mdm", "stage1", "stage2", "stage3"]
+    pd.testing.assert_frame_equal(tables[0].drop(columns="wall_time_s"), tables[1].drop(columns="wall_time_s"))
 
 
 @pytest.mark.parametrize("task", ["vqav2", "nlvr2", "captioning", "retrieval"])
