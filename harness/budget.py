@@ -319,6 +319,9 @@ def schedule_recipe(recipe: str, stages: list[TrainConfig], own: list[TrainConfi
         steps = [max(1, round(factor * r)) for r in ratios]
     out = []
     for cfg, own_cfg, n in zip(stages, own, steps):
+        if recipe == REFERENCE_RECIPE:  # the reference keeps the schedule the profile (and ablation) gave it
+            out.append(dataclasses.replace(cfg, lr=own_cfg.lr * lr_factor, min_lr=own_cfg.min_lr * min_lr_factor))
+            continue
         if "warmup_steps" in scaled:
             warmup = round(n * scaled["warmup_steps"] / scaled["max_steps"])
         else:
