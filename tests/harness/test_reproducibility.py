@@ -124,6 +124,7 @@ def test_harness_run_table3_twice_on_fresh_stores_is_identical(env, tmp_path):
     outputs = []
     for name in ("first", "second"):
         store = tmp_path / name
+        store.mkdir()
         env_run = {**env, "BEIT3_RUNS_DIR": str(store / "runs")}
         subprocess.run([sys.executable, "-m", "harness.cli", "run", "table3", "--profile", "smoke",
                         "--tracking-uri", f"sqlite:///{store / 'mlflow.db'}", "--out", str(store / "reports"),
