@@ -150,18 +150,28 @@ def load_checkpoint(
     model_key: str | None = None,
     drop: Sequence[str] = (),
     interpolate_pos: bool = True,
+    rename: Mapping[str, str] | None = None,
 ) -> nn.Module:
     """Load an official (or our own) checkpoint into ``model`` strictly.
 
     ``drop`` names keys (fnmatch patterns) that are not loaded: they are removed from the checkpoint,
     and the model's own matching keys keep their initialisation -- ``drop=["head.*"]`` re-initialises a
     head of another size, ``drop=["mlm_head.*", "mim_head.*"]`` loads a pretraining checkpoint as a
-    backbone. Every other key must match exactly.
+    backbone. Every other key must match exactly. ``rename`` maps checkpoint keys to the model's
+    before ``drop`` applies: ``{"itc_vision_head.weight": "vision_head.weight"}`` starts a retrieval head
+    from a pretraining head.
 
     Raises:
         CheckpointError: naming every missing/unexpected key and every shape mismatch.
     """
-    state_dict = adapt_state_dict(read_state_dict(source, model_key), model, drop, interpolate_pos)
+    state_dict = read_state_dict(source, model_key)
+    if rename:
+        absent = sorted(set(rename) - set(state_dict))
+        if absent:
+            raise CheckpointError(f"{source if isinstance(source, (str, os.PathLike)) else 'the given state dict'} "
+                                  f"has no key(s) {', '.join(absent)} to rename; check rename=...")
+        state_dict = {rename.get(key, key): value for key, value in state_dict.items()}
+    state_dict = adapt_state_dict(state_dict, model, drop, interpolate_pos)
     report = compare_keys(model, state_dict)
     report.missing = [key for key in report.missing if not _matches(key, drop)]
     if not report.ok:

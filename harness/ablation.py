@@ -2,11 +2,11 @@
 
 An ablation is data: a tuple of ``(name, value)`` pairs in the order of :data:`SWITCHES`, each name
 at most once. :func:`apply_ablation` edits a pretraining config after the profile has scaled it, and
-every recipe and stage gets the same edit, so the recipes stay at equal compute. An edited config has
-its own config hash, so ablated runs never reuse the baseline's (unless the edit changes nothing,
-e.g. ``layout=paper`` on VLMo, whose recipe already uses that layout: the same config is the same
-run). Finetunes take their architecture (layout, VL-FFN) from the ablated pretraining and descend
-from it through the parent hash.
+every recipe and stage gets the same edit. An edited config has its own config hash, so ablated runs
+never reuse the baseline's (unless the edit changes nothing, e.g. ``layout=paper``, the layout every
+recipe already builds: the same config is the same run). Finetunes (and the ``none`` baseline) take
+their architecture (layout, VL-FFN) from the ablated pretraining and descend from it through the
+parent hash.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
+from .budget import BUDGETS
 from .config import TrainConfig
 from .profiles import unknown_name_error
 
@@ -86,8 +87,15 @@ def _vl_ffn(cfg: TrainConfig, value: str) -> TrainConfig:
     return dataclasses.replace(cfg, model_overrides=overrides)
 
 
+def _budget(cfg: TrainConfig, value: str) -> TrainConfig:
+    # Read by harness.experiments.recipe_configs, which sets every recipe's steps by it (harness.budget):
+    # it needs the reference recipe's costs, which one config alone does not know.
+    return cfg
+
+
 def _batch_size(cfg: TrainConfig, value: int) -> TrainConfig:
-    # Equal compute: steps x batch stays what the profile set, and the schedule keeps its shape.
+    # The reference's steps x batch stays what the profile set (its FLOPs nearly so), and the schedule
+    # keeps its shape; the budget then gives the other recipes their steps.
     old = cfg.data.get("batch_size")
     if not isinstance(old, int) or isinstance(old, bool):
         raise AblationError(f"ablation batch_size needs an integer data.batch_size in {cfg.run_name}, got {old!r}")
@@ -106,9 +114,9 @@ def _batch_size(cfg: TrainConfig, value: int) -> TrainConfig:
 
 
 SWITCHES: dict[str, Switch] = {
-    "layout": Switch("paper | released: the backbone layout of every recipe (and of the finetunes)",
+    "layout": Switch("paper | released: the backbone layout of every recipe, none and the finetunes (default paper)",
                      _choice("layout", LAYOUTS), _layout),
-    "vl_ffn": Switch("on | off: VL-FFN in the top layers (paper layout only: give layout=paper too)",
+    "vl_ffn": Switch("on | off: VL-FFN in the top layers (paper layout only)",
                      _choice("vl_ffn", ("on", "off")), _vl_ffn),
     "text_mask_prob": Switch("fraction of text-only tokens masked (data.text_mask_prob)",
                              _fraction("text_mask_prob"), _set_data("text_mask_prob")),
@@ -118,6 +126,8 @@ SWITCHES: dict[str, Switch] = {
                                _fraction("image_mask_ratio"), _set_data("image_mask_ratio")),
     "batch_size": Switch("samples per stream per step (data.batch_size); steps scale inversely so steps x batch "
                          "stays equal, lr unchanged", _positive_int("batch_size"), _batch_size),
+    "budget": Switch("flops | samples | steps: what every recipe's pretraining matches BEiT-3 MDM's in (default flops)",
+                     _choice("budget", BUDGETS), _budget),
 }
 
 
@@ -126,7 +136,7 @@ def check_ablation(pairs: Iterable[tuple[str, Any]] | Mapping[str, Any]) -> Abla
 
     Raises:
         UnknownNameError: a name that is no switch (lists the known ones).
-        AblationError: a bad value, a name given twice, or ``vl_ffn`` without ``layout=paper``.
+        AblationError: a bad value, a name given twice, or ``vl_ffn`` with ``layout=released``.
     """
     items = list(pairs.items() if isinstance(pairs, Mapping) else pairs)
     values: dict[str, Any] = {}
@@ -136,10 +146,10 @@ def check_ablation(pairs: Iterable[tuple[str, Any]] | Mapping[str, Any]) -> Abla
         if name in values:
             raise AblationError(f"ablation {name} is given twice ({values[name]} and {value}): give it once")
         values[name] = SWITCHES[name].parse(str(value))
-    if "vl_ffn" in values and values.get("layout") != "paper":
+    if "vl_ffn" in values and values.get("layout") == "released":
         raise AblationError(
             "ablation vl_ffn is only meaningful with the paper layout (the released layout has no VL-FFN): "
-            "add --ablation layout=paper"
+            "drop --ablation layout=released or --ablation vl_ffn"
         )
     return tuple((name, values[name]) for name in SWITCHES if name in values)
 

@@ -112,11 +112,32 @@ def _print_plan(specs: Sequence[TableSpec], profile: Profile, options: RunOption
         print(f"  profile {profile.name}, {len(plan)} experiment(s), table config {config_hash(config)[:12]}")
         if options.ablation:
             print(f"  ablation {ablation_label(options.ablation)} (every recipe's pretraining)")
+        trains = any(e.task.startswith("pretrain_") for e in plan)
+        costs = _pretraining_costs(profile, options) if trains else {}
         for exp in plan:
             seed = "-" if exp.seed is None else exp.seed
-            print(f"  - {exp.name}  task={exp.task}  seed={seed}  config={exp.config_hash[:12]}")
+            flops = f"  flops={costs[exp.name].flops:.3e}" if exp.name in costs else ""
+            print(f"  - {exp.name}  task={exp.task}  seed={seed}  config={exp.config_hash[:12]}{flops}")
+        planned = [costs[e.name] for e in plan if e.name in costs]
+        if planned:
+            from harness.budget import PEAK_FLOPS_PER_S, PEAK_NAME, UTILISATION, gpu_hours
+
+            total = sum(c.flops for c in planned)
+            ranks = options.nproc if options.nproc > 1 else profile.pretrain_ranks
+            print(f"  pretraining: {len(planned)} run(s), {total:.3e} FLOPs on {ranks} rank(s) (model FLOPs of forward + "
+                  f"backward) = {gpu_hours(total):,.1f} GPU-hours at {UTILISATION:.0%} of the {PEAK_NAME} "
+                  f"({PEAK_FLOPS_PER_S / 1e12:.0f} TFLOP/s)")
         report, csv = Path(args.out) / f"{spec.name}.md", Path(args.results_dir) / f"{spec.name}.csv"
         print(f"  would write {report} and {csv}")
+
+
+def _pretraining_costs(profile: Profile, options: RunOptions) -> dict:
+    """Run name -> ``harness.budget.RunCost`` of every pretraining run of the chosen recipes (counted, cached)."""
+    from harness.budget import plan_costs
+
+    ranks = options.nproc if options.nproc > 1 else profile.pretrain_ranks
+    return {c.run_name: c for c in plan_costs(profile, options.seeds, options.pretraining_recipes,
+                                              options.ablation, world_size=ranks)}
 
 
 def run_options(args: argparse.Namespace, profile: Profile) -> RunOptions:

@@ -42,6 +42,7 @@ class TrainConfig:
     forward_kwargs: dict = field(default_factory=dict)  # extra arguments of model(batch, **forward_kwargs)
     init_from: str = ""  # checkpoint file to start from (a derived run); "" = from scratch
     init_drop: list = field(default_factory=list)  # fnmatch patterns of init_from keys not to load
+    init_rename: dict = field(default_factory=dict)  # init_from key -> model key, applied before init_drop
     trainable: str = ""  # named parameter selection applied by the task (e.g. a VLMo stage)
     # schedule
     seed: int = 0

@@ -86,19 +86,32 @@ def check_recipe(name: str) -> str:
 
 def recipe_configs(recipe: str, profile: Profile, seed: int = 0, ablation: Ablation = ()) -> list[TrainConfig]:
     """The pretraining runs of ``recipe`` (one, or one per VLMo stage) scaled to ``profile``, with the
-    switches of ``ablation`` (``harness.ablation``) set alike in every stage."""
+    switches of ``ablation`` (``harness.ablation``) set alike in every stage and the steps of the
+    ablation's budget (``harness.budget``: equal FLOPs by default)."""
+    from .budget import REFERENCE_RECIPE, budget_of, schedule_recipe
+
     if recipe not in RECIPES:
         raise unknown_name_error("pretraining recipe", recipe, RECIPES)
+    stages = _scaled_stages(recipe, profile, seed, ablation)
+    reference = stages if recipe == REFERENCE_RECIPE else _scaled_stages(REFERENCE_RECIPE, profile, seed, ablation)
+    own = [load_train_config(CONFIG_ROOT / relative) for relative in RECIPES[recipe]]
+    configs: list[TrainConfig] = []
+    for cfg in schedule_recipe(recipe, stages, own, profile, reference, budget_of(ablation)):
+        if configs:  # a stage descends from the one before; its hash is known before anything runs
+            cfg = dataclasses.replace(cfg, parent_config_hash=train_config_hash(configs[-1]))
+        configs.append(cfg)
+    return configs
+
+
+def _scaled_stages(recipe: str, profile: Profile, seed: int, ablation: Ablation) -> list[TrainConfig]:
+    """The stages of ``recipe`` with the profile's overrides and the ablation, before the budget sets their steps."""
     configs = []
     for relative in RECIPES[recipe]:
         stage = Path(relative).stem.split("_")[-1] if recipe == "vlmo" else "mdm"
         overrides = {**profile.pretrain, "seed": seed, "profile": profile.name,
                      "run_name": "-".join(filter(None, [recipe, stage, profile.name, f"seed{seed}",
                                                         ablation_label(ablation, "-")]))}
-        cfg = apply_ablation(fill_from_world(load_train_config(CONFIG_ROOT / relative, overrides)), ablation)
-        if configs:  # a stage descends from the one before; its hash is known before anything runs
-            cfg = dataclasses.replace(cfg, parent_config_hash=train_config_hash(configs[-1]))
-        configs.append(cfg)
+        configs.append(apply_ablation(fill_from_world(load_train_config(CONFIG_ROOT / relative, overrides)), ablation))
     return configs
 
 

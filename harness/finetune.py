@@ -15,7 +15,7 @@ import tasks
 from .ablation import Ablation, ablation_label
 from .config import TrainConfig, build_train_config, train_config_hash
 from .experiments import RECIPE_NAMES, RunRecord, check_recipe, ensure_recipe, ensure_run, recipe_configs
-from .profiles import Profile
+from .profiles import Profile, deep_merge
 from .tracking import resolve_tracking_uri
 
 FINETUNE_EXPERIMENT = "beit3-finetune"
@@ -63,6 +63,14 @@ def _architecture(recipe: str, profile: Profile, seed: int = 0,
     return source.model, architecture, parent_hash
 
 
+def pretrained_keys(recipe: str, profile: Profile, seed: int = 0, ablation: Ablation = ()) -> set[str]:
+    """The state-dict keys of ``recipe``'s final pretraining model (built on the meta device): which
+    pretrained heads a finetune can start from."""
+    source = recipe_configs(recipe, profile, seed, ablation)[-1]
+    with torch.device("meta"):
+        return set(tasks.build_model(source.task, source.model, **source.model_overrides).state_dict())
+
+
 def finetune_config(task: str, recipe: str, profile: Profile, seed: int = 0,
                     variant: dict[str, Any] | None = None, model_variant: dict[str, Any] | None = None,
                     after: TrainConfig | None = None, ablation: Ablation = ()) -> TrainConfig:
@@ -75,7 +83,7 @@ def finetune_config(task: str, recipe: str, profile: Profile, seed: int = 0,
     (``harness.ablation``) is the one of the pretraining it descends from.
     """
     check_recipe(recipe)
-    scale = {**profile.finetune.get("common", {}), **profile.finetune.get(task, {})}
+    scale = deep_merge(profile.finetune.get("common", {}), profile.finetune.get(task, {}))
     model, architecture, parent_hash = _architecture(recipe, profile, seed, ablation)
     official = official_recipe(task, variant, size=model.split("_")[1])
     schedule = official_schedule(official, scale)
@@ -98,14 +106,17 @@ def finetune_config(task: str, recipe: str, profile: Profile, seed: int = 0,
 
         model_overrides.update(spec.head_overrides(resolve_data_root(data), model_overrides=model_overrides,
                                                    synthetic=profile.synthetic, official=official))
+    loads_pretraining = recipe != "none" and after is None
     with torch.device("meta"):
-        drop = list(tasks.build_model(task, model, **model_overrides).pretrained_drop_patterns())
+        drop, rename = tasks.build_model(task, model, **model_overrides).pretrained_init(
+            pretrained_keys(recipe, profile, seed, ablation) if loads_pretraining else ())
     values = dict(
         task=task, model=model, model_overrides=model_overrides, data=data,
         lr=official["lr"], min_lr=official.get("min_lr", 1e-6), layer_decay=official.get("layer_decay", 1.0),
         head_lr_scale=float(official.get("head_lr_weight") or 1.0), weight_decay=official.get("weight_decay", 0.05),
         betas=tuple(official.get("opt_betas", (0.9, 0.999))), eps=official.get("opt_eps", 1e-8),
-        clip_grad=float(official.get("clip_grad") or 0.0), **schedule, init_drop=[] if recipe == "none" or after else drop,
+        clip_grad=float(official.get("clip_grad") or 0.0), **schedule,
+        init_drop=list(drop) if loads_pretraining else [], init_rename=rename if loads_pretraining else {},
         parent_config_hash=parent_hash, seed=seed, profile=profile.name, experiment=FINETUNE_EXPERIMENT,
         run_name="-".join([task, *map(str, {**(variant or {}), **(model_variant or {})}.values()), recipe,
                            *(["after-itc"] if after is not None else []), profile.name, f"seed{seed}",

@@ -88,9 +88,11 @@ def run_training(cfg: TrainConfig) -> TrainResult:
 
     from .checkpointing import LineageError, checkpoint_run_id, file_sha256
     from .config import run_identity
+    from .seeding import seed_everything
     from .tracking import start_run
 
     with process_group() as info:
+        seed_everything(cfg.seed)  # the initial weights (backbone and heads): the same on every rank
         model = tasks.build_model(cfg.task, cfg.model, **cfg.model_overrides)
         data_config = resolve_data_root(cfg.data)
         if cfg.global_batch_size:

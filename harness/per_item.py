@@ -51,5 +51,14 @@ def load_per_item(run_id: str, split: str, *, tracking_uri: str | None = None, p
         except Exception as err:  # MLflow raises its own exception types or OSError per store
             raise FileNotFoundError(f"run {run_id} has no per-item artifact {path!r} ({err}); "
                                     "evaluate it again to record one") from err
-        return pd.read_csv(local, dtype={"item_id": str, "cluster_id": str, "prediction": str},
-                           keep_default_na=False)
+        # Predictions are text ("NA", "none" and "" included), so no value is read as missing ...
+        frame = pd.read_csv(local, dtype={"item_id": str, "cluster_id": str, "prediction": str},
+                            keep_default_na=False)
+    # ... except the empty cells of score columns (an item a metric does not score), which are NaN.
+    for column in frame.columns.difference(["item_id", "cluster_id", "prediction"]):
+        if not pd.api.types.is_numeric_dtype(frame[column]):
+            try:
+                frame[column] = pd.to_numeric(frame[column].replace("", float("nan")))
+            except (TypeError, ValueError):
+                pass  # a text column (answer type, reference) stays text
+    return frame

@@ -295,7 +295,7 @@ def render_files(recorded: RecordedTable, uri: str, out_dir: Path, results_dir: 
         files[out_dir / f"{spec.name}.tex"] = render.to_latex(document, source=source)
     if "html" in formats:
         files[out_dir / f"{spec.name}.html"] = html_report(recorded, document, uri)
-    files[results_dir / f"{spec.name}.csv"] = render.to_csv(recorded.result.frame)
+    files[results_dir / f"{spec.name}.csv"] = render.to_csv(spec.csv_frame(recorded.result))
     return files
 
 

@@ -35,6 +35,7 @@ from .checkpointing import (
 from .config import TrainConfig, run_identity, train_config_hash
 from .distributed import DistInfo, all_reduce_mean, full_state, gather_objects, unwrap, wrap_parallel
 from .optim import WarmupCosineSchedule, build_optimizer
+from .seeding import seed_everything
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -102,7 +103,7 @@ def train(
     info = info or DistInfo()
     device = info.device
     chash, identity = train_config_hash(cfg), run_identity(cfg)
-    torch.manual_seed(cfg.seed + info.rank)
+    seed_everything(cfg.seed, info.rank)  # drop path and other in-model draws, per rank
 
     # ---- model, optimizer, scaler
     model.to(device)
@@ -126,7 +127,7 @@ def train(
     elif cfg.init_from:
         from backbones import load_checkpoint
 
-        load_checkpoint(unwrap(model), cfg.init_from, drop=cfg.init_drop)
+        load_checkpoint(unwrap(model), cfg.init_from, drop=cfg.init_drop, rename=cfg.init_rename)
 
     # ---- the loop
     progress = None

@@ -13,6 +13,8 @@
 """
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import torch
@@ -73,6 +75,9 @@ class TaskModel(nn.Module):
 
     # fnmatch patterns of the task's own parameters (absent from a pretraining checkpoint).
     head_patterns: tuple[str, ...] = ()
+    # Pretraining-checkpoint keys this task's heads start from where a checkpoint has them
+    # (checkpoint key -> own key), e.g. the ITC projections and temperature of VLMo's stage 3.
+    pretrained_heads: Mapping[str, str] = {}
 
     def __init__(self, backbone: BEiT3Backbone):
         super().__init__()
@@ -99,6 +104,15 @@ class TaskModel(nn.Module):
         (initialised here, as the official non-strict load leaves them)."""
         final_norm = () if self.config.normalize_output else ("beit3.encoder.layer_norm.*",)
         return PRETRAINING_HEADS + final_norm + self.head_patterns
+
+    def pretrained_init(self, checkpoint_keys: Collection[str]) -> tuple[tuple[str, ...], dict[str, str]]:
+        """``(drop, rename)`` for :func:`backbones.load_checkpoint` from a pretraining checkpoint holding
+        ``checkpoint_keys``: the :attr:`pretrained_heads` it has are renamed and loaded, the rest of
+        :meth:`pretrained_drop_patterns` is dropped (initialised here)."""
+        rename = {source: own for source, own in self.pretrained_heads.items() if source in checkpoint_keys}
+        drop = tuple(pattern for pattern in self.pretrained_drop_patterns()
+                     if not any(fnmatch.fnmatchcase(own, pattern) for own in rename.values()))
+        return drop, rename
 
 
 class Pooler(nn.Module):

@@ -177,6 +177,9 @@ class BEiT3ForRetrieval(TaskModel):
     """
 
     head_patterns = ("language_head.*", "vision_head.*", "logit_scale")
+    # VLMo's retrieval finetuning starts from the ITC heads and temperature its pretraining trained.
+    pretrained_heads = {"itc_vision_head.weight": "vision_head.weight",
+                        "itc_language_head.weight": "language_head.weight", "logit_scale": "logit_scale"}
 
     def __init__(self, backbone: BEiT3Backbone):
         super().__init__(backbone)

@@ -4,7 +4,9 @@
 #   torchrun --nproc_per_node 8 -m harness.train configs/pretrain/mdm.py data.root=... (see README)
 task = "pretrain_mdm"
 model = "beit3_giant_patch14_224"
-model_overrides = dict(init="beit", drop_path_rate=0.1, num_visual_tokens=8192)
+# The paper's layout (shared attention, VL-FFN in the top layers), as in VLMo's configs: every recipe and
+# the no-pretraining baseline build this backbone; `harness run --ablation layout=released` switches all.
+model_overrides = dict(init="beit", drop_path_rate=0.1, num_visual_tokens=8192, layout="paper")
 data = dict(
     root="data/pretrain",
     images="imagenet21k/train",  # IN-21K, 14M images

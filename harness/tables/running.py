@@ -159,7 +159,7 @@ def _run_and_record(spec, profile, options, plan, config, paper, out_dir, result
     ) as run:
         result = finish_result(spec, spec.run(profile, options), paper, tracking_uri)
         markdown = render.to_markdown(spec.render(result, paper))
-        csv_text = render.to_csv(result.frame)
+        csv_text = render.to_csv(spec.csv_frame(result))
         report_path = write_atomic(Path(out_dir) / f"{spec.name}.md", markdown)
         csv_path = write_atomic(Path(results_dir) / f"{spec.name}.csv", csv_text)
         run.log_metrics(result.metrics())

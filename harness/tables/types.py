@@ -217,3 +217,7 @@ class TableSpec:
     def render(self, result: TableResult, paper: Mapping[str, Any]):
         """The table as a ``harness.tables.render.Document``; pure and deterministic."""
         raise NotImplementedError
+
+    def csv_frame(self, result: TableResult) -> pd.DataFrame:
+        """What ``results/<name>.csv`` holds: the tidy result frame, unless the table has its own columns."""
+        return result.frame

@@ -54,15 +54,14 @@ def test_ablation_is_parsed_typed_and_canonical():
 
 
 @pytest.mark.parametrize("items, error, message", [
-    (["mask_ratio=0.3"], UnknownNameError, "Known ablations: batch_size, image_mask_ratio, layout, pair_mask_prob"),
+    (["mask_ratio=0.3"], UnknownNameError, "Known ablations: batch_size, budget, image_mask_ratio, layout, pair_mask_prob"),
     (["layout=sideways"], AblationError, "expected one of paper, released"),
     (["text_mask_prob=1.5"], AblationError, "strictly between 0 and 1"),
     (["image_mask_ratio=abc"], AblationError, "strictly between 0 and 1"),
     (["batch_size=0"], AblationError, "positive integer"),
     (["layout"], AblationError, "NAME=VALUE"),
     (["layout=paper", "layout=released"], AblationError, "given twice"),
-    (["vl_ffn=off"], AblationError, "only meaningful with the paper layout"),
-    (["layout=released", "vl_ffn=on"], AblationError, "add --ablation layout=paper"),
+    (["layout=released", "vl_ffn=on"], AblationError, "only meaningful with the paper layout"),
 ])
 def test_bad_ablations_are_one_clear_error(items, error, message):
     with pytest.raises(error, match=message):
@@ -71,7 +70,7 @@ def test_bad_ablations_are_one_clear_error(items, error, message):
 
 @pytest.mark.parametrize("argv, expected", [
     (["run", "table4", "--ablation", "mask_ratio=0.3"], "unknown ablation 'mask_ratio'"),
-    (["run", "table4", "--ablation", "vl_ffn=off"], "add --ablation layout=paper"),
+    (["run", "table4", "--ablation", "vl_ffn=off", "--ablation", "layout=released"], "drop --ablation layout=released"),
     (["run", "compare", "--ablation", "batch_size=many"], "expected a positive integer"),
     (["run", "table2", "--ablation", "layout=paper"], "--ablation does not apply"),
 ])
@@ -92,9 +91,10 @@ def test_an_ablation_changes_every_recipe_alike(ablation, sandbox):
         for b, a in zip(base, ablated):
             assert train_config_hash(a) != train_config_hash(b)
             assert a.run_name == b.run_name + "-" + "-".join(f"{k}={v}" for k, v in checked)
-            assert a.max_steps * a.data["batch_size"] == b.max_steps * b.data["batch_size"]  # steps x batch kept
-            assert apply_ablation(b, checked).semantic_dict() == {**a.semantic_dict(),
-                                                                  "parent_config_hash": b.parent_config_hash}
+            if recipe == "beit3":  # the reference; the others' steps follow its FLOPs (harness.budget)
+                assert a.max_steps * a.data["batch_size"] == b.max_steps * b.data["batch_size"]
+                assert apply_ablation(b, checked).semantic_dict() == {**a.semantic_dict(),
+                                                                      "parent_config_hash": b.parent_config_hash}
         # A later stage descends from the ablated stage before it.
         for before, after in zip(ablated, ablated[1:]):
             assert after.parent_config_hash == train_config_hash(before)
@@ -108,18 +108,20 @@ def test_an_ablation_changes_every_recipe_alike(ablation, sandbox):
 
 
 def test_an_ablation_that_changes_nothing_shares_the_run(sandbox):
-    """VLMo already pretrains in the paper layout: ``layout=paper`` leaves its configs (not BEiT-3's) as they are."""
+    """Every recipe pretrains in the paper layout: ``layout=paper`` leaves their configs as they are."""
     smoke, ablation = get_profile("smoke"), check_ablation({"layout": "paper"})
     hashes = lambda recipe, *ab: [train_config_hash(c) for c in recipe_configs(recipe, smoke, 0, *ab)]  # noqa: E731
     assert hashes("vlmo", ablation) == hashes("vlmo")
-    assert hashes("beit3", ablation) != hashes("beit3")
+    assert hashes("beit3", ablation) == hashes("beit3")
+    released = check_ablation({"layout": "released"})
+    assert hashes("beit3", released) != hashes("beit3") and hashes("vlmo", released) != hashes("vlmo")
 
 
 def test_no_ablation_leaves_the_plan_as_it_was(sandbox):
     smoke = get_profile("smoke")
     assert [c.run_name for c in recipe_configs("vlmo", smoke)] == [f"vlmo-stage{i}-smoke-seed0" for i in (1, 2, 3)]
     assert recipe_configs("beit3", smoke, 0, ()) == recipe_configs("beit3", smoke)
-    assert "layout" not in recipe_configs("beit3", smoke)[0].model_overrides  # the released layout by default
+    assert recipe_configs("beit3", smoke)[0].model_overrides["layout"] == "paper"  # every recipe's layout
     spec = get_table("table4")
     base = {e.name: e.config_hash for e in spec.plan(smoke, RunOptions())}
     ablated = {e.name: e.config_hash for e in spec.plan(smoke, RunOptions(ablation={"text_mask_prob": 0.3}))}
@@ -153,7 +155,7 @@ def test_layout_and_vl_ffn_reach_the_finetunes(sandbox):
             assert cfg.parent_config_hash != finetune_config("nlvr2", recipe, smoke, 1).parent_config_hash
     assert finetune_config("nlvr2", "beit3", smoke, ablation=check_ablation({"layout": "paper"})).model_overrides[
         "layout"] == "paper"
-    assert "layout" not in finetune_config("nlvr2", "beit3", smoke).model_overrides
+    assert finetune_config("nlvr2", "beit3", smoke).model_overrides["layout"] == "paper"
     assert "vl_ffn_layers" not in finetune_config("nlvr2", "vlmo", smoke, ablation=check_ablation(
         {"layout": "released"})).model_overrides
 
@@ -163,8 +165,8 @@ def test_dense_sources_follow_the_ablation(sandbox):
 
     smoke = get_profile("smoke")
     (base,) = dense.pretrained_sources(smoke, ["beit3"])
-    (ablated,) = dense.pretrained_sources(smoke, ["beit3"], check_ablation({"layout": "paper"}))
-    assert ablated.layout == "paper" and ablated.identity != base.identity
+    (ablated,) = dense.pretrained_sources(smoke, ["beit3"], check_ablation({"layout": "released"}))
+    assert base.layout == "paper" and ablated.layout == "released" and ablated.identity != base.identity
 
 
 # ----------------------------------------------------------------------------- the compare table

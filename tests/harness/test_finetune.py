@@ -206,3 +206,21 @@ def test_pretraining_itc_retrieval_lineage_and_zero_shot(sandbox):
     assert zero.run.run_id == itc.run_id and zero.run.status == "reused"
     assert {"zeroshot.flickr30k.test.tr_r1", "zeroshot.flickr30k.test.ir_r1"} <= set(zero.metrics)
     assert client.get_run(itc.run_id).data.metrics["zeroshot.flickr30k.test.ir_r1"] == zero.metrics["zeroshot.flickr30k.test.ir_r1"]
+
+
+def test_per_item_round_trip_keeps_text_predictions_and_unscored_items(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from harness.per_item import log_per_item
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = (tmp_path / "mlruns").as_uri()
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("items")).info.run_id
+    items = pd.DataFrame({"item_id": ["1", "2", "3"], "cluster_id": ["a", "a", "b"], "prediction": ["NA", "", "none"],
+                          "CIDEr": [0.5, float("nan"), 1.0], "answer_type": ["yes/no", "number", "other"]})
+    log_per_item(run_id, "test", items, tracking_uri=uri)
+    loaded = load_per_item(run_id, "test", tracking_uri=uri)
+    assert loaded["prediction"].tolist() == ["NA", "", "none"]
+    assert loaded["CIDEr"].dtype == float and loaded["CIDEr"].isna().tolist() == [False, True, False]
+    assert loaded["CIDEr"].sum() == pytest.approx(1.5) and loaded["answer_type"].tolist() == ["yes/no", "number", "other"]

@@ -3,7 +3,7 @@
 # the stream, the trainable parameters and the stage's hyper-parameters.
 task = "pretrain_vlmo"
 model = "beit3_giant_patch14_224"
-model_overrides = dict(init="beit", drop_path_rate=0.1, num_visual_tokens=8192, layout="paper")
+model_overrides = dict(init="beit", drop_path_rate=0.1, num_visual_tokens=8192, layout="paper")  # as mdm.py
 data = dict(
     root="data/pretrain",
     images="imagenet21k/train",
