@@ -53,6 +53,7 @@ CAPTIONS: dict[str, str] = {
 # after the paper's.
 HARNESS_CAPTIONS: dict[str, str] = {
     "compare": "BEiT-3 MDM vs VLMo staged vs no pretraining at equal compute, on every vision-language task",
+    "released": "The released finetuned checkpoints (base, large): published vs measured, same weights",
 }
 
 
@@ -77,12 +78,14 @@ class RunOptions:
         nproc: processes per training run; more than one launches each run under torchrun.
         ablation: ``(name, value)`` switches set alike in every recipe's pretraining
             (``harness.ablation``); given as pairs or a mapping, kept in canonical form.
+        weights: the folder of released checkpoints (table ``released``).
     """
 
     seeds: int = 1
     recipes: tuple[str, ...] = RECIPE_NAMES
     nproc: int = 1
     ablation: Ablation = ()
+    weights: str = "weights"
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
@@ -513,3 +516,4 @@ def _run_and_record(spec, profile, options, plan, config, paper, out_dir, result
 # Importing the spec modules registers them (as timm's models/__init__ does).
 from harness.tables import table2, table3, table4, table7, table8, table9, table10  # noqa: E402,F401  (table10 also registers 5, 6)
 from harness.tables import compare_recipes  # noqa: E402,F401  (registers compare)
+from harness.tables import released  # noqa: E402,F401  (registers released)
