@@ -353,8 +353,11 @@ def evaluate_checkpoint(
         "name_check": "; ".join(mismatches) if mismatches else "agrees",
         "num_items": str(len(items)),
     }
-    config = {**eval_config(eval_task, sha256, split, limit, data_root), "settings": settings,
-              "model": loaded.model_name, "model_overrides": loaded.model_overrides}
+    # The config is what decides the numbers (its hash finds the evaluation again); what was read
+    # from the checkpoint and the settings that follow from it are tags.
+    config = eval_config(eval_task, sha256, split, limit, data_root)
+    tags.update({f"setting.{k}": str(v) for k, v in settings.items()})
+    tags["model_overrides"] = json.dumps(loaded.model_overrides, sort_keys=True)
     with start_run(EVAL_EXPERIMENT, label, config, tags=tags, tracking_uri=uri) as run:
         numbers = {f"eval.{split}.{k}": float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
         if numbers:

@@ -118,7 +118,7 @@ class ReleasedTable(TableSpec):
                 if value is None:
                     shown, delta = (f"upload to {entry['scored_by']}" if entry["scored_by"] != "local" else "–"), "–"
                 else:
-                    shown, delta = f"{value:.2f}", report.format_delta(value - float(published["value"]))
+                    shown, delta = f"{value:.2f}", f"{value - float(published['value']):+.2f}"
                 body.append([entry["file"], entry["eval_task"], published["split"], published["label"],
                              f"{published['value']:g}", shown, delta, run])
         lines = [f"# Released checkpoints: {self.title}", "",
