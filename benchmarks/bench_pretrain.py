@@ -28,7 +28,7 @@ def speed(steps: int) -> None:
     from harness.experiments import recipe_configs
     from harness.optim import build_optimizer
     from harness.profiles import get_profile
-    from harness.train import resolve_data_root
+    from harness.launch import resolve_data_root
 
     profile = get_profile("mini")
     configs = recipe_configs("beit3", profile) + recipe_configs("vlmo", profile)

@@ -16,8 +16,9 @@ import dataclasses
 import json
 import time
 
+import tasks
 from harness.experiments import ensure_run, world_manifest
-from harness.finetune import EVAL_SPLITS, ensure_parents, evaluate_run, finetune_config
+from harness.finetune import ensure_parents, evaluate_run, finetune_config
 from harness.profiles import get_profile
 from harness.tracking import resolve_tracking_uri
 
@@ -52,7 +53,7 @@ def main() -> None:
         record = ensure_run(cfg, parents[-1] if parents else None, tracking_uri=uri)
         metrics = {k: v for k, v in record.metrics.items() if k.startswith("eval.")}
         if not metrics:
-            metrics = evaluate_run(cfg, record, list(EVAL_SPLITS[args.task]), uri)
+            metrics = evaluate_run(cfg, record, list(tasks.get_task(args.task).eval_splits), uri)
         shown = {k.removeprefix("eval."): round(v, 4) for k, v in sorted(metrics.items())}
         print(f"{text or '(profile)':<40} {record.status:<7} {time.perf_counter() - start:7.1f}s "
               f"loss {record.metrics.get('final.loss', float('nan')):.3f}  {shown}", flush=True)

@@ -1,8 +1,10 @@
 """Checkpoints: one dict per step file, written atomically, the last N kept; resume from the latest.
 
-A checkpoint holds the (unwrapped) model, optimizer, scheduler step, grad scaler, every RNG state,
-the data position, the config and its hash, the git commit and the MLflow run id, so that a run
-killed at any point and resumed ends bit-identical to an uninterrupted one (on the same hardware).
+A checkpoint (``training_state``) holds the (unwrapped) model, optimizer, lr schedule, grad scaler,
+every rank's RNG state, the data position, the config and its hash, the git commit and the MLflow run
+id, so that a run killed at any point and resumed ends bit-identical to an uninterrupted one (on the
+same hardware). ``resume_checkpoint`` finds the checkpoint a run continues from and refuses one of
+another config; ``restore_training_state`` puts it back into the live objects.
 """
 from __future__ import annotations
 
@@ -88,6 +90,49 @@ def save_checkpoint(out_dir: str | Path, step: int, payload: dict[str, Any], kee
     for old in list_checkpoints(out_dir)[:-keep_last]:
         old.unlink(missing_ok=True)
     return final
+
+
+def training_state(*, step: int, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any],
+                   scaler: dict[str, Any], rng: list[dict[str, Any]], data: dict[str, Any], config: dict[str, Any],
+                   config_hash: str, git_commit: str, mlflow_run_id: str) -> dict[str, Any]:
+    """The payload of one resume checkpoint (every key is required: a resume needs all of them)."""
+    return {"step": step, "model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler,
+            "rng": rng, "data": data, "config": config, "config_hash": config_hash, "git_commit": git_commit,
+            "mlflow_run_id": mlflow_run_id}
+
+
+def resume_checkpoint(out_dir: str | Path, config_hash: str) -> dict[str, Any] | None:
+    """The latest checkpoint of the run in ``out_dir``, or None when it has none.
+
+    Raises:
+        ResumeError: the file cannot be read, or it was written under another config hash.
+    """
+    latest = latest_checkpoint(out_dir)
+    if latest is None:
+        return None
+    ckpt = load_checkpoint_file(latest)
+    if ckpt.get("config_hash") != config_hash:
+        raise ResumeError(
+            f"{latest} was written by a run with config hash {ckpt.get('config_hash')}, this run's is {config_hash}: "
+            f"it belongs to another config. Use another out_dir, or resume with the config stored in the checkpoint."
+        )
+    return ckpt
+
+
+def restore_training_state(ckpt: dict[str, Any], *, model: Any, optimizer: Any, scheduler: Any, scaler: Any,
+                           data: Any, parallel: str, info: Any) -> int:
+    """Load ``ckpt`` into the live training objects (this rank's RNG state); returns its step."""
+    from .distributed import load_full_state
+
+    load_full_state(model, optimizer, ckpt["model"], ckpt["optimizer"], parallel, info)
+    try:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    except ValueError as error:
+        raise ResumeError(f"checkpoint of step {ckpt['step']}: {error}") from error
+    scaler.load_state_dict(ckpt["scaler"])
+    data.load_state_dict(ckpt["data"])
+    set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
+    return int(ckpt["step"])
 
 
 def load_checkpoint_file(path: str | Path) -> dict[str, Any]:

@@ -1,13 +1,15 @@
-"""Process-group set-up from the torchrun environment (nanoGPT style): rank 0 logs and saves."""
+"""Process-group set-up from the torchrun environment (nanoGPT style): rank 0 logs and saves; model
+wrapping (DDP/FSDP) and gathering the full training state for a checkpoint."""
 from __future__ import annotations
 
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -69,3 +71,61 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         value /= info.world_size
     return value
+
+
+# ----------------------------------------------------------------------------- wrapping and state
+def wrap_parallel(model: nn.Module, parallel: str, info: DistInfo, find_unused_parameters: bool = True) -> nn.Module:
+    """DDP (``parallel="ddp"``) or FSDP2 per encoder layer (``"fsdp"``) under torchrun; as is otherwise."""
+    if not info.enabled:
+        return model
+    if parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        from backbones.beit3 import EncoderLayer
+
+        for module in model.modules():
+            if isinstance(module, EncoderLayer):
+                fully_shard(module)
+        fully_shard(model)
+        return model
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _sharded(parallel: str, info: DistInfo) -> bool:
+    return info.enabled and parallel == "fsdp"
+
+
+def full_state(model: nn.Module, optimizer: torch.optim.Optimizer, parallel: str,
+               info: DistInfo) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Unsharded model and optimizer state (FSDP gathers to every rank; rank 0 writes)."""
+    if _sharded(parallel, info):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return unwrap(model).state_dict(), optimizer.state_dict()
+
+
+def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict[str, Any],
+                    optim_state: dict[str, Any], parallel: str, info: DistInfo) -> None:
+    if _sharded(parallel, info):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
+                       options=StateDictOptions(full_state_dict=True))
+        return
+    unwrap(model).load_state_dict(model_state)
+    optimizer.load_state_dict(optim_state)
+
+
+def gather_objects(value: Any, info: DistInfo) -> list[Any]:
+    """``value`` of every rank (e.g. RNG states: drop path and augmentation differ per rank), on all ranks."""
+    if not info.enabled:
+        return [value]
+    gathered: list[Any] = [None] * info.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered

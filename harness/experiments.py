@@ -146,7 +146,7 @@ def ensure_run(cfg: TrainConfig, parent: RunRecord | None = None, *, tracking_ur
         if nproc > 1:
             launch_torchrun(cfg, nproc)
         else:
-            from .train import run_training
+            from .launch import run_training
 
             run_training(cfg)
     finally:

@@ -19,44 +19,15 @@ from .profiles import Profile
 from .tracking import resolve_tracking_uri
 
 FINETUNE_EXPERIMENT = "beit3-finetune"
-# Splits each task is scored on (the world and the real data sets name them alike).
-EVAL_SPLITS: dict[str, tuple[str, ...]] = {
-    "vqav2": ("val",),
-    "nlvr2": ("dev", "test1"),
-    "captioning": ("test",),
-    "retrieval": ("test",),
-    "imagenet": ("test",),
-}
 ITC_VARIANT = {"source": "pretraining_pairs"}
 # Pretraining-only or schedule settings of the pretraining model that the task model does not take over.
 NOT_ARCHITECTURE = ("num_visual_tokens", "init", "drop_path_rate")
 
 
 def official_recipe(task: str, variant: dict[str, Any] | None = None, size: str = "base") -> dict[str, Any]:
-    """The official recipe of ``task`` for a ``size`` model (retrieval: of the ``variant``'s data set).
-
-    ``base``/``large``: the released get_started guides; ``giant``: the paper's Tables 12-17 over the
-    base recipe's remaining fields (head lr multiplier, text length, RandAugment). Smaller sizes
-    (``tiny``) take the base recipe, which profiles scale.
-    """
-    module = tasks.task_module(task)
-    dataset = (variant or {}).get("dataset", "coco")
-    if task == "retrieval" and (variant or {}).get("source") == "pretraining_pairs":
-        return dict(module.ITC_RECIPE)
-    if size == "giant":
-        base = official_recipe(task, variant, "base")
-        if task == "captioning":
-            paper = module.CAPTIONING_RECIPES["giant"]
-        else:
-            paper = module.PAPER_RECIPES["giant" if task != "retrieval" or dataset == "coco" else f"giant_{dataset}"]
-        if "steps" in paper:  # captioning's giant schedule is in steps, not epochs
-            base = {k: v for k, v in base.items() if k not in ("epochs", "warmup_epochs")}
-        return {**base, **paper}
-    size = size if size in ("base", "large") else "base"
-    if task == "retrieval":
-        return dict(module.recipe(size, dataset))
-    recipes = getattr(module, "RECIPES", None) or getattr(module, "CAPTIONING_RECIPES")
-    return dict(recipes[size])
+    """The official recipe of ``task`` for a ``size`` model and data ``variant`` (the task's spec:
+    ``base``/``large`` the released guides, ``giant`` the paper's tables; ``tiny`` takes base's)."""
+    return tasks.get_task(task).recipe(size, variant)
 
 
 def official_schedule(official: dict[str, Any], scale: dict[str, Any]) -> dict[str, Any]:
@@ -120,15 +91,13 @@ def finetune_config(task: str, recipe: str, profile: Profile, seed: int = 0,
     model_overrides = {**architecture, "drop_path_rate": official.get("drop_path", 0.1), **scale.pop("model_overrides", {}),
                        **(model_variant or {})}
     data = {"root": data_root(profile, task, variant), **scale.pop("data", {}), **(variant or {})}
-    # Head sizes: a world's from its data; real data's the official ones (3129 answers, 1000 classes),
-    # which the data readers check against the head at launch.
-    if task == "vqav2":
-        from .train import resolve_data_root
+    # Head sizes a task takes from its data: a world's (answer or class count), real data's the official ones.
+    spec = tasks.get_task(task)
+    if spec.head_overrides is not None:
+        from .launch import resolve_data_root
 
-        model_overrides["num_classes"] = (len(tasks.task_module(task).answer_vocab(resolve_data_root(data)))
-                                          if profile.synthetic else int(official["num_classes"]))
-    if task == "imagenet" and model_overrides.get("classifier", "linear") == "linear":
-        model_overrides["num_classes"] = count_classes(data) if profile.synthetic else int(official["num_classes"])
+        model_overrides.update(spec.head_overrides(resolve_data_root(data), model_overrides=model_overrides,
+                                                   synthetic=profile.synthetic, official=official))
     with torch.device("meta"):
         drop = list(tasks.build_model(task, model, **model_overrides).pretrained_drop_patterns())
     values = dict(
@@ -158,19 +127,6 @@ def data_root(profile: Profile, task: str, variant: dict[str, Any] | None) -> st
     return roots[key]
 
 
-def count_classes(data: dict[str, Any]) -> int:
-    """Class folders of an ImageNet-style training set (the size of the linear head)."""
-    from tasks.finetune_data import resolve_root
-
-    from .train import resolve_data_root
-
-    folder = resolve_root(resolve_data_root(data), "imagenet").file("train")
-    classes = [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
-    if not classes:
-        raise FileNotFoundError(f"no class folders under {folder}: an ImageNet-style train/<class>/ layout is needed")
-    return len(classes)
-
-
 def ensure_finetune(task: str, recipe: str, profile: Profile, seed: int = 0, *,
                     variant: dict[str, Any] | None = None, model_variant: dict[str, Any] | None = None,
                     after_itc: bool = False, ablation: Ablation = (), tracking_uri: str | None = None,
@@ -188,7 +144,7 @@ def ensure_finetune(task: str, recipe: str, profile: Profile, seed: int = 0, *,
         parents += (ensure_run(after, parents[-1] if parents else None, tracking_uri=tracking_uri, nproc=nproc),)
     cfg = finetune_config(task, recipe, profile, seed, variant, model_variant, after, ablation)
     record = ensure_run(cfg, parents[-1] if parents else None, tracking_uri=tracking_uri, nproc=nproc)
-    wanted = EVAL_SPLITS[task]
+    wanted = tasks.get_task(task).eval_splits
     metrics = {k: v for k, v in record.metrics.items() if k.startswith("eval.")}
     missing = [split for split in wanted if not any(k.startswith(f"eval.{split}.") for k in metrics)]
     if missing:
@@ -228,22 +184,28 @@ def zero_shot_retrieval(recipe: str, dataset: str, profile: Profile, seed: int =
 def evaluate_run(cfg: TrainConfig, record: RunRecord, splits: list[str], tracking_uri: str | None,
                  data: dict[str, Any] | None = None, prefix: str = "eval") -> dict[str, float]:
     """Load the run's final weights, score ``splits`` with the task's official metric (on ``data``,
-    by default the run's own data), log to the run as ``<prefix>.<split>.<metric>``."""
+    by default the run's own data), log to the run as ``<prefix>.<split>.<metric>`` and each split's
+    per-item frame as its ``per_item/`` artifact (``harness.per_item``; named by the prefix but for
+    the run's own ``eval``)."""
     from mlflow.tracking import MlflowClient
 
     from backbones import load_checkpoint
 
-    from .train import resolve_data_root
+    from .per_item import log_per_item
+    from .launch import resolve_data_root
 
-    model = tasks.build_model(cfg.task, cfg.model, **cfg.model_overrides)
+    spec = tasks.get_task(cfg.task)
+    model = spec.build_model(cfg.model, **cfg.model_overrides)
     load_checkpoint(model, record.checkpoint)
     model.eval()
     data = resolve_data_root(data if data is not None else cfg.data)
     metrics: dict[str, float] = {}
+    uri = resolve_tracking_uri(tracking_uri)
     for split in splits:
-        scores = tasks.task_module(cfg.task).evaluate(model, data, split=split)
-        metrics.update({f"{prefix}.{split}.{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))})
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+        result = spec.evaluate(model, data, split=split)
+        metrics.update({f"{prefix}.{split}.{k}": float(v) for k, v in result.metrics.items()})
+        log_per_item(record.run_id, split, result.items, tracking_uri=uri, prefix="" if prefix == "eval" else prefix)
+    client = MlflowClient(uri)
     for key, value in metrics.items():
         client.log_metric(record.run_id, key, value)
     return metrics

@@ -74,3 +74,47 @@ def lr_at(step: int, lr: float, min_lr: float, warmup_steps: int, max_steps: int
 def set_lr(optimizer: torch.optim.Optimizer, base_lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = base_lr * group.get("lr_scale", 1.0)
+
+
+class WarmupCosineSchedule:
+    """The learning rate of every optimizer step (``lr_at``), applied to each group times its ``lr_scale``.
+
+    Its state -- the step it is at and the curve's parameters -- goes into every checkpoint; resuming
+    under another curve is refused, since the rest of the run would follow a schedule it never had.
+
+    Args:
+        optimizer: the optimizer whose groups it sets.
+        lr: peak learning rate, reached after ``warmup_steps``.
+        min_lr: the cosine's floor, reached at ``max_steps``.
+        warmup_steps: linear warmup from 0.
+        max_steps: the run's length in optimizer steps.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr: float, min_lr: float, warmup_steps: int, max_steps: int):
+        self.optimizer = optimizer
+        self.curve = {"lr": float(lr), "min_lr": float(min_lr), "warmup_steps": int(warmup_steps),
+                      "max_steps": int(max_steps)}
+        self.step_count = 0
+
+    @property
+    def lr(self) -> float:
+        """The base learning rate of the next optimizer step."""
+        return lr_at(self.step_count, **self.curve)
+
+    def apply(self) -> float:
+        """Set the groups' learning rates for the next optimizer step; returns its base rate."""
+        set_lr(self.optimizer, self.lr)
+        return self.lr
+
+    def step(self) -> None:
+        self.step_count += 1
+
+    def state_dict(self) -> dict:
+        return {"step": self.step_count, **self.curve}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = {k: state.get(k) for k in self.curve}
+        if saved != self.curve:
+            differ = ", ".join(f"{k}: saved {saved[k]!r} vs now {v!r}" for k, v in self.curve.items() if saved[k] != v)
+            raise ValueError(f"the saved lr schedule is another one ({differ})")
+        self.step_count = int(state["step"])

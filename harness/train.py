@@ -4,6 +4,8 @@
     torchrun --nproc_per_node 2 -m harness.train CONFIG.py [key=value ...]  # DDP: gloo on CPU, nccl on GPU
     python -m harness.train CONFIG.py resume=true                          # continue from the latest checkpoint
 
+The command line, data roots, batch split and MLflow run are ``harness.launch``'s; DDP/FSDP wrapping
+is ``harness.distributed``'s, the checkpoint payload and resume checks ``harness.checkpointing``'s.
 A ``step_fn(model, batch)`` (by default ``model(batch, **forward_kwargs)``; tasks whose official
 forward returns logits supply their own, ``tasks.training_step``) returns a dict with a scalar ``loss``
 and scalar logs; a data object gives ``next_batch()`` and ``state_dict()``/``load_state_dict()`` (its position), so
@@ -11,8 +13,6 @@ that a run killed at any step and resumed ends bit-identical to an uninterrupted
 """
 from __future__ import annotations
 
-import ast
-import dataclasses
 import contextlib
 import math
 import sys
@@ -24,17 +24,17 @@ import torch
 from torch import nn
 
 from .checkpointing import (
-    ResumeError,
     export_weights,
     latest_checkpoint,
-    load_checkpoint_file,
+    restore_training_state,
+    resume_checkpoint,
     rng_state,
     save_checkpoint,
-    set_rng_state,
+    training_state,
 )
-from .config import ConfigError, TrainConfig, load_train_config, train_config_hash
-from .distributed import DistInfo, all_reduce_mean, process_group
-from .optim import build_optimizer, lr_at, set_lr
+from .config import TrainConfig, train_config_hash
+from .distributed import DistInfo, all_reduce_mean, full_state, gather_objects, unwrap, wrap_parallel
+from .optim import WarmupCosineSchedule, build_optimizer
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -89,49 +89,6 @@ def autocast_context(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def wrap_parallel(model: nn.Module, cfg: TrainConfig, info: DistInfo) -> nn.Module:
-    if not info.enabled:
-        return model
-    if cfg.parallel == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
-        from backbones.beit3 import EncoderLayer
-
-        for module in model.modules():
-            if isinstance(module, EncoderLayer):
-                fully_shard(module)
-        fully_shard(model)
-        return model
-    device_ids = [info.device.index] if info.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(
-        model, device_ids=device_ids, find_unused_parameters=cfg.ddp_find_unused_parameters
-    )
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def full_state(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, info: DistInfo):
-    """Unsharded model and optimizer state (FSDP gathers to every rank; rank 0 writes)."""
-    if info.enabled and cfg.parallel == "fsdp":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-        return get_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return unwrap(model).state_dict(), optimizer.state_dict()
-
-
-def load_full_state(model, optimizer, model_state, optim_state, cfg: TrainConfig, info: DistInfo) -> None:
-    if info.enabled and cfg.parallel == "fsdp":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-
-        set_state_dict(model, optimizer, model_state_dict=model_state, optim_state_dict=optim_state,
-                       options=StateDictOptions(full_state_dict=True))
-        return
-    unwrap(model).load_state_dict(model_state)
-    optimizer.load_state_dict(optim_state)
-
-
 def train(
     cfg: TrainConfig,
     model: nn.Module,
@@ -151,25 +108,19 @@ def train(
     model.to(device)
     if cfg.grad_checkpointing:
         enable_grad_checkpointing(model)
-    model = wrap_parallel(model, cfg, info)  # before the optimizer: FSDP replaces the parameters
+    # before the optimizer: FSDP replaces the parameters
+    model = wrap_parallel(model, cfg.parallel, info, cfg.ddp_find_unused_parameters)
     optimizer = build_optimizer(unwrap(model), cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, cfg.layer_decay, cfg.head_lr_scale)
+    schedule = WarmupCosineSchedule(optimizer, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
 
     # ---- resume from the latest checkpoint of this run, or start (possibly from init_from weights)
     step, resumed_from = 0, 0
-    latest = latest_checkpoint(cfg.out_dir) if cfg.resume else None
-    if latest is not None:
-        ckpt = load_checkpoint_file(latest)
-        if ckpt.get("config_hash") != chash:
-            raise ResumeError(
-                f"{latest} was written by a run with config hash {ckpt.get('config_hash')}, this run's is {chash}: "
-                f"it belongs to another config. Use another out_dir, or resume with the config stored in the checkpoint."
-            )
-        load_full_state(model, optimizer, ckpt["model"], ckpt["optimizer"], cfg, info)
-        scaler.load_state_dict(ckpt["scaler"])
-        data.load_state_dict(ckpt["data"])
-        set_rng_state(ckpt["rng"][min(info.rank, len(ckpt["rng"]) - 1)])
-        step = resumed_from = ckpt["step"]
+    ckpt = resume_checkpoint(cfg.out_dir, chash) if cfg.resume else None
+    if ckpt is not None:
+        step = resumed_from = restore_training_state(ckpt, model=model, optimizer=optimizer, scheduler=schedule,
+                                                     scaler=scaler, data=data, parallel=cfg.parallel, info=info)
+        del ckpt
     elif cfg.init_from:
         from backbones import load_checkpoint
 
@@ -187,8 +138,7 @@ def train(
     run_start, samples_seen, last_ckpt, weights = time.perf_counter(), 0, "", ""
     model.train()
     while step < cfg.max_steps:
-        lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
-        set_lr(optimizer, lr)
+        lr = schedule.apply()
 
         # forward/backward over micro-batches; DDP syncs gradients only on the last one
         for micro in range(cfg.grad_accum_steps):
@@ -220,6 +170,7 @@ def train(
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        schedule.step()
         step += 1
         if torch.isfinite(grad_norm):
             sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm.item()
@@ -241,17 +192,16 @@ def train(
 
         # save: atomically, every ckpt_interval steps and at the end
         if step % cfg.ckpt_interval == 0 or step == cfg.max_steps:
-            model_state, optim_state = full_state(model, optimizer, cfg, info)
-            rngs = gather_rng_states(info)
+            model_state, optim_state = full_state(model, optimizer, cfg.parallel, info)
+            rngs = gather_objects(rng_state(), info)
             if info.is_main:
                 if step == cfg.max_steps:
                     weights = str(export_weights(cfg.out_dir, model_state))
-                last_ckpt = str(save_checkpoint(cfg.out_dir, step, {
-                    "model": model_state, "optimizer": optim_state, "scheduler": {"step": step},
-                    "scaler": scaler.state_dict(), "step": step, "rng": rngs, "data": data.state_dict(),
-                    "config": cfg.to_dict(), "config_hash": chash,
-                    "git_commit": _git_commit(), "mlflow_run_id": getattr(tracker, "run_id", ""),
-                }, cfg.keep_last))
+                last_ckpt = str(save_checkpoint(cfg.out_dir, step, training_state(
+                    step=step, model=model_state, optimizer=optim_state, scheduler=schedule.state_dict(),
+                    scaler=scaler.state_dict(), rng=rngs, data=data.state_dict(), config=cfg.to_dict(),
+                    config_hash=chash, git_commit=_git_commit(), mlflow_run_id=getattr(tracker, "run_id", ""),
+                ), cfg.keep_last))
         if progress is not None:
             progress.update(1)
 
@@ -265,133 +215,17 @@ def train(
     )
 
 
-def gather_rng_states(info: DistInfo) -> list[dict[str, Any]]:
-    """Every rank's RNG state (drop path and augmentation differ per rank), gathered on all ranks."""
-    state = rng_state()
-    if not info.enabled:
-        return [state]
-    import torch.distributed as dist
-
-    states: list[Any] = [None] * info.world_size
-    dist.all_gather_object(states, state)
-    return states
-
-
 def _git_commit() -> str:
     from .gitinfo import git_commit
 
     return git_commit() or "unknown"
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values are Python literals when they parse as such, else strings."""
-    overrides = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"override {pair!r} is not key=value")
-        try:
-            overrides[key] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            overrides[key] = {"true": True, "false": False}.get(raw.lower(), raw)
-    return overrides
-
-
-def resolve_data_root(data: dict[str, Any]) -> dict[str, Any]:
-    """``root: "world:<profile>"`` names the benchmark world, built on first use (``harness.world``)."""
-    root = data.get("root", "")
-    if isinstance(root, str) and root.startswith("world:"):
-        from .world import ensure_world
-
-        return {**data, "root": str(ensure_world(root.split(":", 1)[1]))}
-    return data
-
-
-def per_rank_batch_size(cfg: TrainConfig, world_size: int) -> int:
-    """``data.batch_size``, or the share of ``global_batch_size`` of one rank and accumulation step."""
-    if not cfg.global_batch_size:
-        return int(cfg.data.get("batch_size", 0))
-    share, rest = divmod(cfg.global_batch_size, world_size * cfg.grad_accum_steps)
-    if rest or not share:
-        raise ConfigError(
-            f"{cfg.run_name or cfg.task}: global_batch_size {cfg.global_batch_size} does not split over "
-            f"{world_size} rank(s) x {cfg.grad_accum_steps} accumulation step(s); change --nproc or grad_accum_steps"
-        )
-    return share
-
-
-def schedule_for_data(cfg: TrainConfig, data: Any, world_size: int) -> TrainConfig:
-    """``cfg`` with max_steps/warmup_steps from ``epochs``/``warmup_epochs`` over the data's size.
-
-    A map-style source knows its batches per epoch; a streamed one (WebDataset pairs) needs
-    ``data.num_samples``. Without ``epochs`` the config is returned as is.
-    """
-    if not cfg.epochs:
-        return cfg
-    batches = getattr(data, "batches_per_epoch", None)
-    if batches is None:
-        samples = cfg.data.get("num_samples")
-        if not samples:
-            raise ConfigError(
-                f"{cfg.run_name or cfg.task}: epochs={cfg.epochs} over a streamed data set of unknown size; "
-                "set data.num_samples (the number of training samples) or max_steps instead of epochs"
-            )
-        batches = math.ceil(int(samples) / (per_rank_batch_size(cfg, world_size) * world_size))
-    steps_per_epoch = max(1, math.ceil(batches / cfg.grad_accum_steps))
-    return dataclasses.replace(cfg, max_steps=math.ceil(cfg.epochs * steps_per_epoch),
-                               warmup_steps=round(cfg.warmup_epochs * steps_per_epoch))
-
-
-def run_training(cfg: TrainConfig) -> TrainResult:
-    """Build the task's model and data, open the MLflow run, train; the run ends FAILED on errors.
-
-    The MLflow run records ``cfg`` as given (its hash finds the run again); training uses the
-    schedule derived from the data (``schedule_for_data``).
-    """
-    import tasks
-
-    from .tracking import start_run
-
-    with process_group() as info:
-        model = tasks.build_model(cfg.task, cfg.model, **cfg.model_overrides)
-        data_config = resolve_data_root(cfg.data)
-        if cfg.global_batch_size:
-            data_config = {**data_config, "batch_size": per_rank_batch_size(cfg, info.world_size)}
-        data = tasks.build_data(cfg.task, data_config, model=model, seed=cfg.seed, rank=info.rank, world_size=info.world_size)
-        scheduled = schedule_for_data(cfg, data, info.world_size)
-        if cfg.trainable:
-            tasks.configure_trainable(cfg.task, model, cfg.trainable)
-        step_fn = tasks.training_step(cfg.task, cfg.forward_kwargs)
-        if not info.is_main:
-            return train(scheduled, model, data, info=info, step_fn=step_fn)
-        # The run records the semantic config, so its config_hash tag is train_config_hash(cfg), the
-        # key under which finished runs are found and reused; where it is stored goes into tags.
-        tags = {"profile": cfg.profile, "seed": str(cfg.seed), "task": cfg.task, "model": cfg.model,
-                "world_size": str(info.world_size), "out_dir": cfg.out_dir, "init_from": cfg.init_from}
-        with start_run(cfg.experiment, cfg.run_name or cfg.task, cfg.semantic_dict(), tags,
-                       parent_run_id=cfg.parent_run_id or None) as tracker:
-            result = train(scheduled, model, data, info=info, tracker=tracker, step_fn=step_fn)
-            final = {f"final.{k}": v for k, v in result.losses.items()}
-            final.update({"wall_time_s": result.wall_time_s, "samples_per_s_overall": result.samples_per_s})
-            final.update({f"data.{k}": float(v) * (1 if k == "steps" else info.world_size)
-                          for k, v in getattr(data, "stats", dict)().items()
-                          if isinstance(v, (int, float))})
-            tracker.log_metrics(final, step=result.step)
-            tracker.set_tags({"final_step": str(result.step), "checkpoint": result.weights,
-                              "resume_checkpoint": result.checkpoint,
-                              "resumed_from_step": str(result.resumed_from_step)})
-            return result
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0 if args else 2
-    cfg = load_train_config(args[0], parse_overrides(args[1:]))
-    result = run_training(cfg)
-    print(f"finished step {result.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in result.losses.items()))
-    return 0
+    """``python -m harness.train CONFIG.py [key=value ...]``: the launcher's command line."""
+    from .launch import main as launch_main
+
+    return launch_main(argv)
 
 
 if __name__ == "__main__":

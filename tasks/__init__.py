@@ -1,85 +1,107 @@
-"""Tasks: one file per task (its heads, loss, data, metric, recipe defaults), one door in.
+"""Tasks: one file per task (its heads, loss, data, metric, recipes), one registry.
 
 >>> import tasks
->>> model = tasks.build_model("vqav2", "beit3_base_patch16_480", num_classes=3129)
 >>> tasks.list_tasks()
+>>> spec = tasks.get_task("vqav2")
+>>> model = spec.build_model("beit3_base_patch16_480", num_classes=3129)
 
-Each task module registers a builder with ``@register_task(name)``; ``build_model`` creates the
-backbone with ``backbones.create_model(model_name, **backbone_overrides)`` and wraps it in the task's
-head(s), keeping the official class's forward arguments and state-dict names.
+Every module of this package that defines ``SPEC`` (a :class:`tasks.spec.TaskSpec`) is a task; the
+modules are found and imported on the first registry use, so ``import tasks`` stays light and adding
+a task is adding its file. ``build_model``, ``build_data``, ``training_step`` and
+``configure_trainable`` are doors over the spec, kept for the trainer.
 """
 from __future__ import annotations
 
 import difflib
 import importlib
-from typing import Any, Callable
+import pkgutil
+from types import ModuleType
+from typing import Any
 
 from torch import nn
 
-_TASK_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
-# Task name -> module that registers it (imported on first use, so `import tasks` stays light).
-_TASK_MODULES = {
-    "vqav2": "tasks.vqav2",
-    "nlvr2": "tasks.nlvr2",
-    "captioning": "tasks.captioning",
-    "retrieval": "tasks.retrieval",
-    "imagenet": "tasks.imagenet",
-    "pretrain_mdm": "tasks.pretrain_mdm",
-    "pretrain_vlmo": "tasks.pretrain_vlmo",
-}
+from tasks.spec import EvalResult, MetricSpec, TaskSpec
+
+__all__ = ["EvalResult", "MetricSpec", "TaskSpec", "UnknownTaskError", "build_data", "build_model",
+           "configure_trainable", "get_task", "list_tasks", "task_module", "training_step"]
+
+# Modules of the package that hold shared code, not a task (skipped by discovery).
+_SHARED_MODULES = frozenset({"spec", "finetune_data", "heads", "distributed", "pretrain_data"})
+_REGISTRY: dict[str, tuple[TaskSpec, ModuleType]] = {}
 
 
 class UnknownTaskError(ValueError):
     pass
 
 
-def register_task(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _TASK_BUILDERS:
-            raise KeyError(f"task {name!r} is registered twice")
-        _TASK_BUILDERS[name] = builder
-        return builder
-
-    return decorator
+def _registry() -> dict[str, tuple[TaskSpec, ModuleType]]:
+    if not _REGISTRY:
+        found = {}
+        for info in pkgutil.iter_modules(__path__):
+            if info.ispkg or info.name in _SHARED_MODULES or info.name.startswith("_"):
+                continue
+            module = importlib.import_module(f"{__name__}.{info.name}")
+            spec = getattr(module, "SPEC", None)
+            if not isinstance(spec, TaskSpec):
+                continue
+            if spec.name in found:
+                raise KeyError(f"task {spec.name!r} is defined twice: {found[spec.name][1].__name__} and {module.__name__}")
+            found[spec.name] = (spec, module)
+        _REGISTRY.update(found)
+    return _REGISTRY
 
 
 def list_tasks() -> list[str]:
-    return sorted(_TASK_MODULES)
+    """Every task's name, sorted."""
+    return sorted(_registry())
+
+
+def _entry(task: str) -> tuple[TaskSpec, ModuleType]:
+    registry = _registry()
+    if task not in registry:
+        close = difflib.get_close_matches(task, registry, n=3)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise UnknownTaskError(f"unknown task {task!r}.{hint} Known tasks: {', '.join(sorted(registry))}")
+    return registry[task]
+
+
+def get_task(task: str) -> TaskSpec:
+    """The :class:`TaskSpec` of ``task``.
+
+    Raises:
+        UnknownTaskError: no such task (close names suggested).
+    """
+    return _entry(task)[0]
+
+
+def task_module(task: str) -> ModuleType:
+    """The module that defines ``task`` (for its docstring and task-specific helpers)."""
+    return _entry(task)[1]
 
 
 def build_model(task: str, model_name: str, **overrides: Any) -> nn.Module:
     """Build the model of ``task`` on the backbone ``model_name`` (``backbones.list_models()``)."""
-    if task not in _TASK_MODULES:
-        close = difflib.get_close_matches(task, _TASK_MODULES, n=3)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise UnknownTaskError(f"unknown task {task!r}.{hint} Known tasks: {', '.join(list_tasks())}")
-    if task not in _TASK_BUILDERS:
-        importlib.import_module(_TASK_MODULES[task])
-    return _TASK_BUILDERS[task](model_name, **overrides)
-
-
-def task_module(task: str):
-    """The module of ``task`` (imported on first use)."""
-    if task not in _TASK_MODULES:
-        build_model(task, "")  # raises UnknownTaskError with close names
-    return importlib.import_module(_TASK_MODULES[task])
+    return get_task(task).build_model(model_name, **overrides)
 
 
 def build_data(task: str, data_config: dict, **kwargs: Any):
-    """The task's training batches: ``module.build_data(data_config, model=, seed=, rank=, world_size=)``."""
-    return task_module(task).build_data(data_config, **kwargs)
+    """The task's training batches: ``spec.build_data(data_config, model=, seed=, rank=, world_size=)``."""
+    return get_task(task).build_data(data_config, **kwargs)
 
 
 def configure_trainable(task: str, model: nn.Module, selection: str) -> list[str]:
     """Freeze all but a named selection of parameters (e.g. a VLMo stage); returns the trainable names."""
-    return task_module(task).configure_trainable(model, selection)
+    spec = get_task(task)
+    if spec.configure_trainable is None:
+        raise ValueError(f"task {task!r} has no trainable selections (asked for {selection!r}); drop 'trainable'")
+    return spec.configure_trainable(model, selection)
 
 
 def training_step(task: str, forward_kwargs: dict | None = None):
     """``fn(model, batch) -> {"loss", ...}`` for the trainer: the task's ``training_step`` if it has one
     (tasks whose official forward returns logits), else ``model(batch, **forward_kwargs)``."""
-    module = task_module(task)
+    step = get_task(task).training_step
     kwargs = dict(forward_kwargs or {})
-    if hasattr(module, "training_step"):
-        return lambda model, batch: module.training_step(model, batch, **kwargs)
+    if step is not None:
+        return lambda model, batch: step(model, batch, **kwargs)
     return lambda model, batch: model(batch, **kwargs)

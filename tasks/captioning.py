@@ -40,24 +40,26 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from backbones import BEiT3Backbone
-from tasks import register_task
 from tasks.finetune_data import (
     DataRoot,
     FinetuneData,
     check_not_empty,
     check_text_fits,
     eval_batches,
+    first_items,
     load_text_tokenizer,
     merge_config,
     model_img_size,
     resolve_root,
 )
 from tasks.heads import TaskModel, check_quirks, create_task_backbone, init_head_weights, transform_is_train
+from tasks.spec import EvalResult, MetricSpec, TaskSpec, giant_recipe
 
 __all__ = [
     "CAPTIONING_RECIPES",
@@ -77,6 +79,7 @@ __all__ = [
     "generate",
     "mask_caption_tokens",
     "predict_captions",
+    "score_predictions",
     "training_step",
 ]
 
@@ -244,7 +247,6 @@ class BEiT3ForCaptioning(TaskModel):
         return self.mlm_head(text_feats), incremental_state
 
 
-@register_task("captioning")
 def build_captioning_model(model_name: str, **overrides: Any) -> BEiT3ForCaptioning:
     """``BEiT3ForCaptioning`` on ``backbones.create_model(model_name, **overrides)`` (final LN kept)."""
     return BEiT3ForCaptioning(create_task_backbone(model_name, {}, overrides))
@@ -783,6 +785,7 @@ def evaluate(
     data_config: Mapping[str, Any],
     *,
     split: str = "test",
+    limit: int | None = None,
     device: torch.device | str = "cpu",
     batch_size: int = 16,
     num_beams: int = 3,
@@ -790,35 +793,74 @@ def evaluate(
     use_cache: bool = True,
     out_path: str | os.PathLike | None = None,
     **score_kwargs: Any,
-) -> dict[str, float]:
-    """Caption every image of a Karpathy split (:func:`generate`: beams, length penalty, KV cache, at most
-    ``max_len`` tokens) and score against its reference captions (:func:`tasks.metrics.captioning.caption_scores`).
+) -> EvalResult:
+    """Caption every image of a Karpathy split (the first ``limit`` with a limit; :func:`generate`: beams,
+    length penalty, KV cache, at most ``max_len`` tokens) and score against its reference captions
+    (:func:`score_predictions`).
 
     Args:
         out_path: write the predictions as ``[{"image_id", "caption"}]`` (the official result file).
         score_kwargs: ``caption_scores`` options (``ptb_tokenize``, ``meteor``, ``spice``).
 
     Returns:
-        ``BLEU-1`` .. ``BLEU-4``, ``METEOR``, ``ROUGE-L``, ``CIDEr``, ``SPICE`` (pycocoevalcap's scale;
-        a metric that could not run is left out) and ``num_images``.
+        Metrics ``BLEU-1`` .. ``BLEU-4``, ``METEOR``, ``ROUGE-L``, ``CIDEr``, ``SPICE`` (pycocoevalcap's
+        scale; a metric that could not run is left out) and ``num_images``; one row per image.
 
     Raises:
         EmptySplitError: the split has no images.
     """
     from tasks.data.karpathy import read_karpathy
-    from tasks.metrics.captioning import caption_scores
 
     cfg, root, tokenizer = _prepare(data_config, model)
     records, _ = read_karpathy(root.file(cfg["annotation"]), split)
     check_not_empty(len(records), split, "images")
     dataset = _captions(cfg, root, split, split)
     predictions = predict_captions(
-        model, eval_batches(dataset, collate_eval, batch_size), tokenizer, num_beams=num_beams, max_len=cfg["max_len"],
-        length_penalty=length_penalty, use_cache=use_cache, device=device,
+        model, eval_batches(dataset, collate_eval, batch_size, indices=first_items(len(dataset), limit)), tokenizer,
+        num_beams=num_beams, max_len=cfg["max_len"], length_penalty=length_penalty, use_cache=use_cache, device=device,
     )
     if out_path is not None:
         with open(out_path, "w", encoding="utf-8") as f:
             json.dump([{"image_id": i, "caption": c} for i, c in predictions.items()], f)
-    scores = caption_scores(predictions, dataset.gt_captions(), **score_kwargs)
+    references = dataset.gt_captions()
+    return score_predictions(predictions, {i: references[i] for i in predictions}, **score_kwargs)
+
+
+def score_predictions(predictions: Mapping[int, str], references: Mapping[int, Sequence[str]],
+                      **score_kwargs: Any) -> EvalResult:
+    """One row per image (``item_id`` = ``cluster_id`` = its id, the caption as ``prediction``) with the
+    per-image scores of :func:`tasks.metrics.captioning.score_captions`; CIDEr, ROUGE-L and SPICE
+    aggregate as their means, BLEU and METEOR as the corpus scores (their per-image columns are an
+    approximation, ``exact=False`` in :data:`SPEC`)."""
+    from tasks.metrics.captioning import score_captions
+
+    scores, per_image = score_captions(predictions, references, **score_kwargs)
+    ids = [str(i) for i in per_image["image_id"]]
+    items = pd.DataFrame({"item_id": ids, "cluster_id": ids,
+                          "prediction": [predictions[i] for i in per_image["image_id"]]})
+    items = pd.concat([items, per_image.drop(columns="image_id").reset_index(drop=True)], axis=1)
     metrics = {name: float(value) for name, value in scores.items() if isinstance(value, (int, float))}
-    return {**metrics, "num_images": float(len(predictions))}
+    return EvalResult({**metrics, **SPEC.aggregate(items), "num_images": float(len(items))}, items)
+
+SPEC = TaskSpec(
+    name="captioning",
+    build_model=build_captioning_model,
+    build_data=build_data,
+    recipes={"base": CAPTIONING_RECIPES["base"], "large": CAPTIONING_RECIPES["large"],
+             "giant": giant_recipe(CAPTIONING_RECIPES["base"], CAPTIONING_RECIPES["giant"])},
+    data_defaults=DATA_DEFAULTS,
+    eval_splits=("test",),
+    # pycocoevalcap's fractions, shown x100 as the paper prints them. CIDEr, ROUGE-L and SPICE are means
+    # of per-image scores; BLEU is a corpus statistic and METEOR aggregates its own way, so their
+    # per-image values are an approximation.
+    metrics=(
+        *(MetricSpec(f"BLEU-{n}", scale=100.0, item_column=f"BLEU-{n}", exact=False) for n in range(1, 5)),
+        MetricSpec("METEOR", scale=100.0, item_column="METEOR", exact=False),
+        MetricSpec("ROUGE-L", scale=100.0, item_column="ROUGE-L"),
+        MetricSpec("CIDEr", scale=100.0, primary=True, item_column="CIDEr"),
+        MetricSpec("SPICE", scale=100.0, item_column="SPICE"),
+    ),
+    build_eval=build_eval_dataset,
+    evaluate=evaluate,
+    training_step=training_step,
+)

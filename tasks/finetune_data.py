@@ -63,6 +63,7 @@ __all__ = [
     "derive_seed",
     "eval_batches",
     "eval_mode",
+    "first_items",
     "load_text_tokenizer",
     "merge_config",
     "model_img_size",
@@ -468,6 +469,13 @@ def eval_batches(
             with seeded_global_rngs(derive_seed(seed, _EVAL, index)):
                 items.append(dataset[index])
         yield collate(items)
+
+
+def first_items(num_items: int, limit: int | None) -> list[int]:
+    """Indices of an evaluation's items: the first ``limit`` (all of them without a limit)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive number of items (or None for all), got {limit!r}")
+    return list(range(num_items if limit is None else min(limit, num_items)))
 
 
 @contextlib.contextmanager

@@ -40,12 +40,12 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from backbones import BEiT3Backbone
-from tasks import register_task
 from tasks.finetune_data import (
     DataRoot,
     FinetuneData,
@@ -53,6 +53,7 @@ from tasks.finetune_data import (
     check_text_fits,
     eval_batches,
     eval_mode,
+    first_items,
     load_text_tokenizer,
     merge_config,
     model_img_size,
@@ -60,8 +61,9 @@ from tasks.finetune_data import (
     stack,
 )
 from tasks.heads import TaskModel, create_task_backbone, init_head_weights, scale_head_, transform_is_train
-from tasks.metrics.classification import topk_accuracy
+from tasks.metrics.classification import target_ranks, topk_accuracy
 from tasks.retrieval import BEiT3ForRetrieval
+from tasks.spec import EvalResult, MetricSpec, TaskSpec, giant_recipe
 
 __all__ = [
     "BEiT3ForImageClassification",
@@ -77,8 +79,11 @@ __all__ = [
     "build_mixup",
     "build_transform",
     "collate",
+    "count_classes",
     "evaluate",
+    "head_overrides",
     "loss",
+    "score_logits",
     "topk_accuracy",
     "training_step",
 ]
@@ -229,7 +234,6 @@ class ImageNetRetrievalClassifier(BEiT3ForRetrieval):
         return self.logit_scale.exp() * self.encode_image(image) @ classes.t()
 
 
-@register_task("imagenet")
 def build_imagenet(
     model_name: str, num_classes: int | None = None, classifier: str = "linear", **overrides: Any
 ) -> BEiT3ForImageClassification | ImageNetRetrievalClassifier:
@@ -424,16 +428,18 @@ def evaluate(
     data_config: Mapping[str, Any],
     *,
     split: str = "test",
+    limit: int | None = None,
     device: torch.device | str = "cpu",
     batch_size: int = 64,
-) -> dict[str, float]:
-    """Top-1/top-5 accuracy (percent) on the val images: ``split="test"`` with the evaluation transform
-    (the reported number), ``"val"`` as the official model selection (training transform with
-    ``quirks="official"``). The linear head scores directly; the retrieval classifier first encodes the
-    class names (``templates``) and scores by cosine similarity.
+) -> EvalResult:
+    """Top-1/top-5 accuracy (percent) on the val images (the first ``limit`` with a limit):
+    ``split="test"`` with the evaluation transform (the reported number), ``"val"`` as the official
+    model selection (training transform with ``quirks="official"``). The linear head scores directly;
+    the retrieval classifier first encodes the class names (``templates``) and scores by cosine similarity.
 
     Returns:
-        ``acc1``, ``acc5`` (``acc{min(5, classes)}`` with fewer classes), ``num_images``.
+        Metrics ``acc1``, ``acc5`` (``acc{min(5, classes)}`` with fewer classes), ``num_images``; one
+        row per image (:func:`score_logits`).
 
     Raises:
         EmptySplitError: the split folder holds no images. ValueError: head and class folders differ.
@@ -452,11 +458,65 @@ def evaluate(
         check_text_fits(model, tokenizer, cfg["max_len"])
         with eval_mode(model):
             model.build_class_embeddings(_class_names(dataset), tokenizer, tuple(cfg["templates"]), cfg["max_len"])
+    indices = first_items(len(dataset), limit)
     logits, labels = [], []
     with eval_mode(model):
-        for batch in eval_batches(dataset, partial(collate, label_smoothing=cfg["label_smoothing"]), batch_size):
+        for batch in eval_batches(dataset, partial(collate, label_smoothing=cfg["label_smoothing"]), batch_size,
+                                  indices=indices):
             logits.append(model(batch["image"].to(device)).float().cpu())
             labels.append(batch["label"])
-    logits_all, labels_all = torch.cat(logits), torch.cat(labels)
-    topk = (1, min(5, logits_all.shape[1]))
-    return {**topk_accuracy(logits_all, labels_all, topk=topk, split=split), "num_images": float(labels_all.shape[0])}
+    paths = [dataset.samples[i][0] for i in indices]
+    return score_logits(torch.cat(logits), torch.cat(labels), paths, classes=dataset.classes, split=split)
+
+
+def score_logits(logits: torch.Tensor, labels: torch.Tensor, image_ids: Sequence[str], *,
+                 classes: Sequence[str] | None = None, split: str = "test") -> EvalResult:
+    """One row per image (``item_id`` = ``cluster_id`` its path: the images are independent), the
+    top-1 class as ``prediction`` and ``acc1`` / ``acc5`` (100 when the true class ranks within 1 / 5,
+    ties to the lower class index as :func:`tasks.metrics.classification.topk_accuracy`)."""
+    check_not_empty(logits.shape[0], split, "images")
+    if len(image_ids) != logits.shape[0]:
+        raise ValueError(f"{len(image_ids)} image ids for {logits.shape[0]} rows of logits")
+    topk_accuracy(logits, labels, topk=(1,), split=split)  # the checks of the labels
+    ranks = target_ranks(logits.float(), labels.long())
+    top1 = logits.argmax(dim=1).tolist()
+    items = pd.DataFrame({"item_id": list(image_ids), "cluster_id": list(image_ids),
+                          "prediction": [classes[c] for c in top1] if classes is not None else top1,
+                          "label": [classes[c] for c in labels.tolist()] if classes is not None else labels.tolist()})
+    for k in (1, min(5, logits.shape[1])):
+        items[f"acc{k}"] = 100.0 * (ranks < k).double().numpy()
+    metrics = {f"acc{k}": float(items[f"acc{k}"].mean()) for k in (1, min(5, logits.shape[1]))}
+    return EvalResult({**metrics, "num_images": float(len(items))}, items)
+
+def count_classes(data_config: Mapping[str, Any]) -> int:
+    """Class folders of an ImageNet-style training set (the size of the linear head)."""
+    cfg = merge_config(data_config, DATA_DEFAULTS, "imagenet")
+    folder = resolve_root(cfg, "imagenet").file("train")
+    classes = [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
+    if not classes:
+        raise FileNotFoundError(f"no class folders under {folder}: an ImageNet-style train/<class>/ layout is needed")
+    return len(classes)
+
+
+def head_overrides(data_config: Mapping[str, Any], *, model_overrides: Mapping[str, Any], synthetic: bool,
+                   official: Mapping[str, Any]) -> dict[str, Any]:
+    """The linear head: a world's class count; on real data the official 1000 classes. The retrieval
+    classifier has no head size (its classes are the class names)."""
+    if model_overrides.get("classifier", "linear") != "linear":
+        return {}
+    return {"num_classes": count_classes(data_config) if synthetic else int(official["num_classes"])}
+
+
+SPEC = TaskSpec(
+    name="imagenet",
+    build_model=build_imagenet,
+    build_data=build_data,
+    recipes={**RECIPES, "giant": giant_recipe(RECIPES["base"], PAPER_RECIPES["giant"])},
+    data_defaults=DATA_DEFAULTS,
+    eval_splits=("test",),
+    metrics=(MetricSpec("acc1", primary=True, item_column="acc1"), MetricSpec("acc5", item_column="acc5")),
+    build_eval=build_eval_dataset,
+    evaluate=evaluate,
+    training_step=training_step,
+    head_overrides=head_overrides,
+)

@@ -24,12 +24,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from backbones import BEiT3Backbone
-from tasks import register_task
 from tasks.finetune_data import (
     DataRoot,
     FinetuneData,
@@ -37,6 +37,7 @@ from tasks.finetune_data import (
     check_text_fits,
     eval_batches,
     eval_mode,
+    first_items,
     load_text_tokenizer,
     merge_config,
     model_img_size,
@@ -46,6 +47,7 @@ from tasks.finetune_data import (
 )
 from tasks.heads import TaskModel, TwoLayerMLP, create_task_backbone, init_head_weights, scale_head_, transform_is_train
 from tasks.metrics.classification import accuracy
+from tasks.spec import EvalResult, MetricSpec, TaskSpec, giant_recipe
 
 __all__ = [
     "BEiT3ForVisualReasoning",
@@ -60,6 +62,8 @@ __all__ = [
     "collate",
     "evaluate",
     "loss",
+    "score_examples",
+    "sentence_set",
     "training_step",
 ]
 
@@ -136,7 +140,6 @@ class BEiT3ForVisualReasoning(TaskModel):
         return self.head(torch.cat([left, right], dim=-1))
 
 
-@register_task("nlvr2")
 def build_nlvr2(model_name: str, num_classes: int = 2, **overrides: Any) -> BEiT3ForVisualReasoning:
     """``tasks.build_model("nlvr2", "beit3_base_patch16_224", drop_path_rate=0.2)``."""
     backbone = create_task_backbone(model_name, {}, overrides)
@@ -244,10 +247,12 @@ def evaluate(
     data_config: Mapping[str, Any],
     *,
     split: str = "dev",
+    limit: int | None = None,
     device: torch.device | str = "cpu",
     batch_size: int = 64,
-) -> dict[str, float]:
-    """Accuracy (percent) on ``split`` (``dev`` picks the checkpoint, ``test1`` is test-P).
+) -> EvalResult:
+    """Accuracy (percent) on ``split`` (``dev`` picks the checkpoint, ``test1`` is test-P), on its first
+    ``limit`` examples with a limit; per example in :func:`score_examples`'s frame.
 
     Raises:
         EmptySplitError: the split's file has no examples.
@@ -258,10 +263,45 @@ def evaluate(
         with open(path, encoding="utf-8") as f:
             check_not_empty(sum(1 for line in f if line.strip()), split, "NLVR2 examples")
     dataset = _dataset(cfg, root, split, split)
+    indices = first_items(len(dataset), limit)
     logits, labels = [], []
     with eval_mode(model):
-        for batch in eval_batches(dataset, partial(collate, tokenizer=tokenizer, max_len=cfg["max_len"]), batch_size):
+        for batch in eval_batches(dataset, partial(collate, tokenizer=tokenizer, max_len=cfg["max_len"]), batch_size,
+                                  indices=indices):
             logits.append(_logits(model, to_device(batch, device)).float().cpu())
             labels.append(batch["label"])
-    logits_all, labels_all = torch.cat(logits), torch.cat(labels)
-    return {"accuracy": accuracy(logits_all, labels_all, split=split), "num_examples": float(labels_all.shape[0])}
+    identifiers = [dataset.examples[i]["identifier"] for i in indices]
+    return score_examples(torch.cat(logits), torch.cat(labels), identifiers, split=split)
+
+
+def sentence_set(identifier: str) -> str:
+    """The set an example belongs to (``dev-850-2-0`` -> ``dev-850``): its sentences were written for
+    the set's images, so its examples share images and sentences."""
+    return "-".join(identifier.split("-")[:2])
+
+
+def score_examples(logits: torch.Tensor, labels: torch.Tensor, identifiers: Sequence[str], *,
+                   split: str = "dev") -> EvalResult:
+    """One row per example (``item_id`` its identifier, ``cluster_id`` its :func:`sentence_set`), the
+    predicted label and ``accuracy`` (100 if correct, else 0), whose mean is the split's accuracy."""
+    check_not_empty(logits.shape[0], split, "examples")
+    if len(identifiers) != logits.shape[0]:
+        raise ValueError(f"{len(identifiers)} identifiers for {logits.shape[0]} rows of logits")
+    predicted = logits.argmax(dim=1)
+    items = pd.DataFrame({"item_id": list(identifiers), "cluster_id": [sentence_set(i) for i in identifiers],
+                          "prediction": predicted.tolist(), "label": labels.tolist(),
+                          "accuracy": 100.0 * (predicted == labels).double().numpy()})
+    return EvalResult({**SPEC.aggregate(items), "num_examples": float(len(items))}, items)
+
+SPEC = TaskSpec(
+    name="nlvr2",
+    build_model=build_nlvr2,
+    build_data=build_data,
+    recipes={**RECIPES, "giant": giant_recipe(RECIPES["base"], PAPER_RECIPES["giant"])},
+    data_defaults=DATA_DEFAULTS,
+    eval_splits=("dev", "test1"),
+    metrics=(MetricSpec("accuracy", primary=True, item_column="accuracy"),),
+    build_eval=build_eval_dataset,
+    evaluate=evaluate,
+    training_step=training_step,
+)

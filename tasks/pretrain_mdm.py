@@ -36,8 +36,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbones import BEiT3Backbone
-from tasks import register_task
 from tasks.heads import TaskModel, create_task_backbone, init_head_weights
+from tasks.pretrain_data import DATA_DEFAULTS as PRETRAINING_DATA_DEFAULTS
+from tasks.spec import TaskSpec
 
 __all__ = ["BEiT3ForMaskedDataModeling", "IGNORE_INDEX", "masked_prediction"]
 
@@ -197,7 +198,6 @@ def summarize(terms: dict[str, tuple[torch.Tensor, torch.Tensor, int]], weights:
     return {"loss": total, **logs}
 
 
-@register_task("pretrain_mdm")
 def build_pretrain_mdm(
     model_name: str, num_visual_tokens: int = DEFAULT_NUM_VISUAL_TOKENS, **backbone_overrides: Any
 ) -> BEiT3ForMaskedDataModeling:
@@ -217,3 +217,7 @@ def build_data(data_config: dict, *, model, seed: int, rank: int = 0, world_size
     from tasks.pretrain_data import build_pretraining_data
 
     return build_pretraining_data(data_config, model=model, seed=seed, rank=rank, world_size=world_size)
+
+
+SPEC = TaskSpec(name="pretrain_mdm", build_model=build_pretrain_mdm, build_data=build_data,
+                data_defaults=PRETRAINING_DATA_DEFAULTS)

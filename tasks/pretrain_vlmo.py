@@ -54,10 +54,11 @@ from torch import nn
 
 from backbones import BEiT3Backbone
 from backbones.beit3 import build_attn_bias, route
-from tasks import register_task
 from tasks.distributed import all_gather_with_grad, get_rank
 from tasks.heads import Pooler, TaskModel, create_task_backbone, init_head_weights
+from tasks.pretrain_data import DATA_DEFAULTS as PRETRAINING_DATA_DEFAULTS
 from tasks.pretrain_mdm import DEFAULT_NUM_VISUAL_TOKENS, IGNORE_INDEX, masked_prediction, summarize
+from tasks.spec import TaskSpec
 
 __all__ = [
     "STAGES",
@@ -378,7 +379,6 @@ class VLMoForPretraining(TaskModel):
         raise ValueError(f"unknown VLMo stage {stage!r}; stages are {STAGES}")
 
 
-@register_task("pretrain_vlmo")
 def build_pretrain_vlmo(
     model_name: str,
     num_visual_tokens: int = DEFAULT_NUM_VISUAL_TOKENS,
@@ -421,3 +421,7 @@ def build_data(data_config: dict, *, model, seed: int, rank: int = 0, world_size
 def configure_trainable(model: nn.Module, selection: str) -> list[str]:
     """``selection`` = ``stage1`` | ``stage2`` | ``stage3`` (see :func:`configure_stage`)."""
     return configure_stage(model, _stage_of(selection))
+
+
+SPEC = TaskSpec(name="pretrain_vlmo", build_model=build_pretrain_vlmo, build_data=build_data,
+                data_defaults={**PRETRAINING_DATA_DEFAULTS, "stage": 3}, configure_trainable=configure_trainable)

@@ -38,12 +38,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from backbones import BEiT3Backbone
-from tasks import register_task
 from tasks.distributed import all_gather_with_grad, get_rank, get_world_size
 from tasks.finetune_data import (
     DataRoot,
@@ -53,6 +53,7 @@ from tasks.finetune_data import (
     check_text_fits,
     eval_batches,
     eval_mode,
+    first_items,
     load_text_tokenizer,
     merge_config,
     model_img_size,
@@ -61,7 +62,8 @@ from tasks.finetune_data import (
     to_device,
 )
 from tasks.heads import TaskModel, create_task_backbone, init_head_weights, transform_is_train
-from tasks.metrics.retrieval import dedup_image_features, retrieval_recalls
+from tasks.metrics.retrieval import dedup_image_features, retrieval_ranks, retrieval_recalls
+from tasks.spec import EvalResult, MetricSpec, TaskSpec, giant_recipe
 
 __all__ = [
     "BEiT3ForRetrieval",
@@ -82,10 +84,12 @@ __all__ = [
     "loss",
     "recipe",
     "retrieval_recalls",
+    "score_features",
     "training_step",
 ]
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
+RECALL_CUTOFFS = (1, 5, 10)
 
 # Official recipes (beit3/get_started/get_started_for_retrieval.md), COCO; batch_size is the total batch.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -213,7 +217,6 @@ class BEiT3ForRetrieval(TaskModel):
         return total, vision_cls, language_cls
 
 
-@register_task("retrieval")
 def build_retrieval(model_name: str, **overrides: Any) -> BEiT3ForRetrieval:
     """``tasks.build_model("retrieval", "beit3_base_patch16_384", drop_path_rate=0.2)``."""
     backbone = create_task_backbone(model_name, {}, overrides)
@@ -361,16 +364,19 @@ def evaluate(
     data_config: Mapping[str, Any],
     *,
     split: str = "test",
+    limit: int | None = None,
     device: torch.device | str = "cpu",
     batch_size: int = 64,
-) -> dict[str, float]:
-    """Image->text and text->image recalls on a Karpathy split (COCO 5k / Flickr30K 1k test).
+) -> EvalResult:
+    """Image->text and text->image recalls on a Karpathy split (COCO 5k / Flickr30K 1k test); with a
+    ``limit``, among its first ``limit`` images and their captions.
 
-    Each image and each caption is encoded once (``only_infer``); :func:`retrieval_recalls` scores them.
+    Each image and each caption is encoded once (``only_infer``); :func:`score_features` ranks them.
     With a model that was not fine-tuned this is the zero-shot evaluation.
 
     Returns:
-        ``tr_r1, tr_r5, tr_r10, ir_r1, ir_r5, ir_r10, average_score`` (percent), ``num_images``, ``num_captions``.
+        Metrics ``tr_r1, tr_r5, tr_r10, ir_r1, ir_r5, ir_r10, average_score`` (percent), ``num_images``,
+        ``num_captions``; one row per query (image and caption).
 
     Raises:
         EmptySplitError: the split has no images.
@@ -384,9 +390,12 @@ def evaluate(
     first_row: dict[int, int] = {}
     for index, row in enumerate(dataset.rows):
         first_row.setdefault(int(row["image_id"]), index)
+    kept = set(list(first_row)[i] for i in first_items(len(first_row), limit))
+    first_row = {image_id: row for image_id, row in first_row.items() if image_id in kept}
     image_ids = torch.tensor(list(first_row))
-    texts = [row["text"] for row in dataset.rows]
-    text_to_image = torch.tensor([int(row["image_id"]) for row in dataset.rows])
+    captions = [index for index, row in enumerate(dataset.rows) if int(row["image_id"]) in kept]
+    texts = [dataset.rows[i]["text"] for i in captions]
+    text_to_image = torch.tensor([int(dataset.rows[i]["image_id"]) for i in captions])
 
     image_feats, text_feats = [], []
     with eval_mode(model):
@@ -398,5 +407,74 @@ def evaluate(
             encoded = to_device(tokenizer(texts[start:start + batch_size], max_len=cfg["max_len"]), device)
             text_feats.append(model(text_description=encoded["text_ids"], padding_mask=encoded["padding_mask"],
                                     only_infer=True)[1].float().cpu())
-    result = retrieval_recalls(torch.cat(image_feats), torch.cat(text_feats), text_to_image, image_ids, split=split)
-    return {**result, "num_images": float(len(image_ids)), "num_captions": float(len(texts))}
+    return score_features(torch.cat(image_feats), torch.cat(text_feats), text_to_image, image_ids,
+                          caption_ids=captions, split=split)
+
+
+def score_features(image_feats: torch.Tensor, text_feats: torch.Tensor, text_to_image: torch.Tensor,
+                   image_ids: torch.Tensor, *, caption_ids: Sequence[int] | None = None,
+                   split: str = "test") -> EvalResult:
+    """Rank every image against the captions and every caption against the images
+    (:func:`tasks.metrics.retrieval.retrieval_ranks`): one row per query.
+
+    Image queries (``direction`` ``i2t``, ``item_id`` ``i2t:<image id>``) carry ``tr_r1/5/10``, caption
+    queries (``t2i``, ``t2i:<caption>``, the caption's index in the split unless ``caption_ids`` name
+    it) ``ir_r1/5/10``: 100 for a hit at k, else 0, empty in the other direction's rows. ``rank`` is
+    the 1-based rank of the true match (an image's best-ranked caption), ``cluster_id`` the image the
+    query belongs to, ``prediction`` the image of the first-ranked result.
+    """
+    ranks = retrieval_ranks(image_feats, text_feats, text_to_image, image_ids, split=split)
+    ids = ranks.image_ids.tolist()
+    caption_ids = list(range(len(text_to_image))) if caption_ids is None else list(caption_ids)
+    images = pd.DataFrame({
+        "item_id": [f"i2t:{i}" for i in ids], "cluster_id": [str(i) for i in ids],
+        "prediction": [str(i) for i in text_to_image[ranks.image_top1].tolist()], "direction": "i2t",
+        "rank": (ranks.image_rank + 1).numpy(),
+        **{f"tr_r{k}": 100.0 * (ranks.image_rank < k).double().numpy() for k in RECALL_CUTOFFS},
+    })
+    texts = pd.DataFrame({
+        "item_id": [f"t2i:{c}" for c in caption_ids], "cluster_id": [str(i) for i in text_to_image.tolist()],
+        "prediction": [str(ids[row]) for row in ranks.text_top1.tolist()], "direction": "t2i",
+        "rank": (ranks.text_rank + 1).numpy(),
+        **{f"ir_r{k}": 100.0 * (ranks.text_rank < k).double().numpy() for k in RECALL_CUTOFFS},
+    })
+    items = pd.concat([images, texts], ignore_index=True)
+    metrics = SPEC.aggregate(items)
+    recalls = [metrics[f"{d}_r{k}"] for d in ("tr", "ir") for k in RECALL_CUTOFFS]
+    metrics["average_score"] = sum(recalls) / len(recalls)
+    return EvalResult({**metrics, "num_images": float(len(images)), "num_captions": float(len(texts))}, items)
+
+def variant_recipes(variant: Mapping[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """The intermediate ITC stage's recipe (any size) for ``source="pretraining_pairs"``; Flickr30K's
+    recipes for ``dataset="flickr30k"``; ``None`` (COCO's, :data:`SPEC` ``.recipes``) otherwise."""
+    if variant.get("source") == "pretraining_pairs":
+        return {"base": dict(ITC_RECIPE)}
+    dataset = variant.get("dataset", "coco")
+    if dataset == "coco":
+        return None
+    giant = PAPER_RECIPES.get(f"giant_{dataset}")
+    table = {size: recipe(size, dataset) for size in ("base", "large")}
+    return {**table, "giant": giant_recipe(table["base"], giant)} if giant else table
+
+
+SPEC = TaskSpec(
+    name="retrieval",
+    build_model=build_retrieval,
+    build_data=build_data,
+    recipes={**RECIPES, "giant": giant_recipe(RECIPES["base"], PAPER_RECIPES["giant"])},
+    data_defaults=DATA_DEFAULTS,
+    eval_splits=("test",),
+    metrics=(
+        MetricSpec("tr_r1", primary=True, item_column="tr_r1"),
+        MetricSpec("tr_r5", item_column="tr_r5"),
+        MetricSpec("tr_r10", item_column="tr_r10"),
+        MetricSpec("ir_r1", item_column="ir_r1"),
+        MetricSpec("ir_r5", item_column="ir_r5"),
+        MetricSpec("ir_r10", item_column="ir_r10"),
+        MetricSpec("average_score"),
+    ),
+    build_eval=build_eval_dataset,
+    evaluate=evaluate,
+    training_step=training_step,
+    variant_recipes=variant_recipes,
+)

@@ -32,12 +32,12 @@ from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from backbones import BEiT3Backbone, read_state_dict
-from tasks import register_task
 from tasks.data.vqa import build_answer_vocab, read_answer_vocab
 from tasks.finetune_data import (
     FinetuneData,
@@ -45,6 +45,7 @@ from tasks.finetune_data import (
     check_text_fits,
     eval_batches,
     eval_mode,
+    first_items,
     load_text_tokenizer,
     merge_config,
     model_img_size,
@@ -53,7 +54,8 @@ from tasks.finetune_data import (
     to_device,
 )
 from tasks.heads import Pooler, TaskModel, check_quirks, create_task_backbone, init_head_weights, transform_is_train
-from tasks.metrics.vqa import question_accuracy, vqa_accuracy, vqa_score, vqa_submission
+from tasks.metrics.vqa import question_accuracy, question_scores, vqa_accuracy, vqa_score, vqa_submission
+from tasks.spec import EvalResult, MetricSpec, TaskSpec, giant_recipe
 
 __all__ = [
     "BEiT3ForVisualQuestionAnswering",
@@ -72,6 +74,7 @@ __all__ = [
     "evaluate",
     "loss",
     "predictions_from_logits",
+    "score_answers",
     "question_accuracy",
     "training_step",
     "vqa_accuracy",
@@ -156,7 +159,6 @@ class BEiT3ForVisualQuestionAnswering(TaskModel):
         return self.head(self.pooler(out["encoder_out"]))
 
 
-@register_task("vqav2")
 def build_vqav2(model_name: str, num_classes: int = NUM_ANSWERS, **overrides: Any) -> BEiT3ForVisualQuestionAnswering:
     """``tasks.build_model("vqav2", "beit3_base_patch16_480", num_classes=3129, drop_path_rate=0.1)``.
 
@@ -399,14 +401,16 @@ def evaluate(
     data_config: Mapping[str, Any],
     *,
     split: str = "val",
+    limit: int | None = None,
     device: torch.device | str = "cpu",
     batch_size: int = 64,
     out_path: str | os.PathLike | None = None,
-) -> dict[str, float]:
-    """Answer every question of ``split`` (arg-max over the answer vocabulary) and score it.
+) -> EvalResult:
+    """Answer every question of ``split`` (the first ``limit`` with a limit; arg-max over the answer
+    vocabulary) and score it (:func:`score_answers`).
 
-    ``val``: the official accuracy (:func:`vqa_accuracy` against the annotations, all questions) as
-    ``vqa_accuracy`` and ``vqa_accuracy_<answer type>``, plus the training-time ``vqa_score``.
+    ``val``: the official accuracy (against the annotations) as ``vqa_accuracy`` and
+    ``vqa_accuracy_<answer type>``, plus the training-time ``vqa_score``, and per question.
     ``test-dev``/``test``: no annotations; the EvalAI file (:func:`vqa_submission`) is the result.
     With ``out_path`` the submission JSON is written for any split.
 
@@ -418,27 +422,84 @@ def evaluate(
     with open(_questions_path(cfg, root, split), encoding="utf-8") as f:
         check_not_empty(len(json.load(f).get("questions") or []), split, "VQA questions")
     dataset = _dataset(cfg, root, split, vocab, drop_unlabeled=False, transform_split=split)
-    batches = eval_batches(dataset, partial(collate, tokenizer=tokenizer, max_len=cfg["max_len"]), batch_size)
+    indices = first_items(len(dataset), limit)
+    batches = eval_batches(dataset, partial(collate, tokenizer=tokenizer, max_len=cfg["max_len"]), batch_size,
+                           indices=indices)
     predictions: dict[int, str] = {}
-    logits_all, labels_all = [], []
+    target_scores: dict[int, float] = {}
     with eval_mode(model):
         for batch in batches:
             batch = to_device(batch, device)
             logits = model(image=batch["image"], question=batch["question"], padding_mask=batch["padding_mask"])
-            predictions.update(predictions_from_logits(logits.float().cpu(), batch["question_id"].cpu(), vocab))
+            logits = logits.float().cpu()
+            predictions.update(predictions_from_logits(logits, batch["question_id"].cpu(), vocab))
             if "labels" in batch:
-                logits_all.append(logits.float().cpu())
-                labels_all.append(batch["labels"].cpu())
-    rows = vqa_submission(predictions, [ex.question_id for ex in dataset.examples], split=split)
+                best = batch["labels"].float().cpu().gather(1, logits.argmax(dim=1, keepdim=True)).squeeze(1)
+                target_scores.update(zip(batch["question_id"].cpu().tolist(), best.tolist()))
+    examples = [dataset.examples[i] for i in indices]
+    rows = vqa_submission(predictions, [ex.question_id for ex in examples], split=split)
     if out_path is not None:
         with open(out_path, "w", encoding="utf-8") as f:
             json.dump(rows, f)
-    if split not in ANNOTATED_SPLITS:
-        return {"num_questions": float(len(rows))}
-    result = vqa_accuracy(predictions, dataset.gt_answers(), split=split)
-    metrics = {"vqa_accuracy": result["overall"]}
-    metrics.update({f"vqa_accuracy_{kind}": value for kind, value in result["per_answer_type"].items()})
-    metrics["vqa_score"] = vqa_score(torch.cat(logits_all), torch.cat(labels_all), split=split)
-    metrics["num_questions"] = float(result["num_questions"])
-    return metrics
+    image_ids = {ex.question_id: ex.image_id for ex in examples}
+    annotations = dataset.gt_answers() if split in ANNOTATED_SPLITS else None
+    return score_answers(predictions, image_ids, annotations, target_scores, split=split)
 
+
+def score_answers(
+    predictions: Mapping[int, str],
+    image_ids: Mapping[int, int],
+    annotations: Mapping[int, Mapping] | None,
+    target_scores: Mapping[int, float] | None = None,
+    *,
+    split: str = "val",
+) -> EvalResult:
+    """The evaluation of answered questions: one row per question (``item_id`` its id, ``cluster_id``
+    its image), scored with the official per-question accuracy (:func:`question_scores`) and, with the
+    reader's soft targets of the predicted answers (``target_scores``), the training-time ``vqa_score``.
+
+    ``annotations`` ``None`` (test splits): the frame holds the answers and ``num_questions`` only.
+    The aggregates are the frame's means: ``vqa_accuracy`` rounded as the official scorer rounds.
+    """
+    items = pd.DataFrame({"item_id": [str(q) for q in predictions],
+                          "cluster_id": [str(image_ids[q]) for q in predictions],
+                          "prediction": list(predictions.values())})
+    if annotations is None:
+        return EvalResult({"num_questions": float(len(items))}, items)
+    scores = question_scores(predictions, annotations, split=split, partial=True)  # a limit scores the first items
+    items["answer_type"] = scores["answer_type"].to_numpy()
+    items["vqa_accuracy"] = scores["accuracy"].to_numpy()
+    if target_scores is not None:
+        items["vqa_score"] = [100.0 * target_scores[q] for q in predictions]
+    metrics = SPEC.aggregate(items)
+    for kind, group in items.dropna(subset=["answer_type"]).groupby("answer_type", sort=False):
+        metrics[f"vqa_accuracy_{kind}"] = round(float(group["vqa_accuracy"].mean()), SPEC.metric("vqa_accuracy").ndigits)
+    metrics["num_questions"] = float(len(items))
+    return EvalResult(metrics, items)
+
+def head_overrides(data_config: Mapping[str, Any], *, model_overrides: Mapping[str, Any], synthetic: bool,
+                   official: Mapping[str, Any]) -> dict[str, Any]:
+    """The answer head: a world's vocabulary size; on real data the official 3129 answers (the reader
+    checks the vocabulary against the head at launch)."""
+    return {"num_classes": len(answer_vocab(data_config)) if synthetic else int(official["num_classes"])}
+
+
+SPEC = TaskSpec(
+    name="vqav2",
+    build_model=build_vqav2,
+    build_data=build_data,
+    recipes={**RECIPES, "giant": giant_recipe(RECIPES["base"], PAPER_RECIPES["giant"])},
+    data_defaults=DATA_DEFAULTS,
+    eval_splits=("val",),
+    metrics=(
+        MetricSpec("vqa_accuracy", primary=True, item_column="vqa_accuracy", ndigits=2),
+        MetricSpec("vqa_accuracy_yes/no", ndigits=2),
+        MetricSpec("vqa_accuracy_number", ndigits=2),
+        MetricSpec("vqa_accuracy_other", ndigits=2),
+        MetricSpec("vqa_score", item_column="vqa_score"),
+    ),
+    build_eval=build_eval_dataset,
+    evaluate=evaluate,
+    training_step=training_step,
+    head_overrides=head_overrides,
+)

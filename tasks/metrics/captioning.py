@@ -20,11 +20,14 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pandas as pd
+
 __all__ = [
     "CaptionEvalError",
     "JavaNotFoundError",
     "METRIC_NAMES",
     "caption_scores",
+    "score_captions",
     "spice_unavailable_reason",
 ]
 
@@ -101,25 +104,26 @@ def _run_quiet(fn, *args):
         return fn(*args)
 
 
-def _meteor(gts: dict, res: dict) -> float:
+def _meteor(gts: dict, res: dict) -> tuple[float, list[float]]:
     from pycocoevalcap.meteor.meteor import Meteor
 
     scorer = Meteor()
     try:
-        score, _ = scorer.compute_score(gts, res)
+        score, per_image = scorer.compute_score(gts, res)
     finally:
         with scorer.lock:  # end the JVM now rather than when the object is collected
             scorer.meteor_p.stdin.close()
             scorer.meteor_p.kill()
             scorer.meteor_p.wait()
-    return float(score)
+    return float(score), [float(v) for v in per_image]
 
 
-def _spice(gts: dict, res: dict) -> float:
+def _spice(gts: dict, res: dict) -> tuple[float, list[float]]:
     from pycocoevalcap.spice.spice import Spice
 
-    score, _ = Spice().compute_score(gts, res)
-    return float(score)
+    score, per_image = Spice().compute_score(gts, res)  # per image in sorted id order
+    by_id = dict(zip(sorted(gts), (float(s["All"]["f"]) for s in per_image)))
+    return float(score), [by_id[i] for i in gts]
 
 
 def caption_scores(
@@ -151,6 +155,25 @@ def caption_scores(
             a reference image without a prediction, a caption that is not a string.
         JavaNotFoundError: Java is needed (PTB tokenizer, METEOR) but not installed.
     """
+    return score_captions(predictions, references, ptb_tokenize=ptb_tokenize, meteor=meteor, spice=spice)[0]
+
+
+def score_captions(
+    predictions: Mapping[Any, str],
+    references: Mapping[Any, Sequence[str]],
+    *,
+    ptb_tokenize: bool = True,
+    meteor: bool = True,
+    spice: bool = True,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """:func:`caption_scores` and the per-image scores the pycocoevalcap scorers give on the way.
+
+    Returns:
+        ``(scores, per_image)``: ``scores`` as :func:`caption_scores`; ``per_image`` one row per
+        predicted image (``image_id`` and a column per metric that ran, same scale). CIDEr's, ROUGE-L's
+        and SPICE's means are their scores; BLEU's per-image values are sentence BLEU (the score is a
+        corpus statistic) and METEOR's are segment scores (the score is METEOR's own aggregate).
+    """
     _check_inputs(predictions, references)
     _pycocoevalcap_dir()
     if ptb_tokenize or meteor:
@@ -175,25 +198,29 @@ def caption_scores(
         res = {i: [c["caption"] for c in caps] for i, caps in res.items()}
 
     scores: dict[str, Any] = {}
+    per_image: dict[str, list[float]] = {}
     unavailable: dict[str, str] = {}
-    bleu, _ = _run_quiet(Bleu(4).compute_score, gts, res)
-    for n, value in enumerate(bleu, start=1):
-        scores[f"BLEU-{n}"] = float(value)
+    bleu, bleu_per_image = _run_quiet(Bleu(4).compute_score, gts, res)
+    for n, (value, values) in enumerate(zip(bleu, bleu_per_image), start=1):
+        scores[f"BLEU-{n}"], per_image[f"BLEU-{n}"] = float(value), [float(v) for v in values]
     if meteor:
-        scores["METEOR"] = _meteor(gts, res)
+        scores["METEOR"], per_image["METEOR"] = _meteor(gts, res)
     else:
         scores["METEOR"] = None
         unavailable["METEOR"] = "not computed (meteor=False)"
-    scores["ROUGE-L"] = float(_run_quiet(Rouge().compute_score, gts, res)[0])
-    scores["CIDEr"] = float(_run_quiet(Cider().compute_score, gts, res)[0])
+    for name, scorer in (("ROUGE-L", Rouge()), ("CIDEr", Cider())):
+        value, values = _run_quiet(scorer.compute_score, gts, res)
+        scores[name], per_image[name] = float(value), [float(v) for v in values]
 
     reason = spice_unavailable_reason() if spice else "not computed (spice=False)"
     if reason is None:
         try:
-            scores["SPICE"] = _run_quiet(_spice, gts, res)
+            scores["SPICE"], per_image["SPICE"] = _run_quiet(_spice, gts, res)
         except (OSError, subprocess.SubprocessError) as exn:
             reason = f"SPICE failed to run: {exn}"
     if reason is not None:
         scores["SPICE"] = None
         unavailable["SPICE"] = reason
-    return {name: scores[name] for name in METRIC_NAMES} | {"unavailable": unavailable}
+    # The scorers keep the order of ``gts`` (the PTB tokenizer too), i.e. of ``image_ids``.
+    frame = pd.DataFrame({"image_id": list(gts), **per_image})
+    return {name: scores[name] for name in METRIC_NAMES} | {"unavailable": unavailable}, frame

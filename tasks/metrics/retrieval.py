@@ -7,20 +7,23 @@ against every caption with the dot product of the (normalised) features:
 - IR@k (text -> image): a caption is a hit if its image is among its k best images;
 - ``average_score``: the mean of the six recalls, which picks the best checkpoint.
 
-Values are in percent. The similarity matrix is computed in chunks of ``chunk_size`` images, one
-matrix product per chunk, so 5k images x 25k captions never materialise at once. Ties are broken by
-index (the earlier caption or image ranks first, as a stable descending sort would), which makes the
-result deterministic and independent of ``chunk_size``; the official ``topk`` leaves tie order open.
+Values are in percent. :func:`retrieval_ranks` gives the rank of the true match of every query (the
+per-item results); the recalls are the shares of ranks below k. The similarity matrix is computed in
+chunks of ``chunk_size`` images, so 5k images x 25k captions never materialise at once. Ties are
+broken by index (the earlier caption or image ranks first, as a stable descending sort would), which
+makes the result deterministic and independent of ``chunk_size``; the official ``topk`` leaves tie
+order open.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from tasks.metrics._checks import check_not_empty
 
-__all__ = ["dedup_image_features", "retrieval_recalls"]
+__all__ = ["RetrievalRanks", "dedup_image_features", "recalls_from_ranks", "retrieval_ranks", "retrieval_recalls"]
 
 
 def dedup_image_features(image_feats: torch.Tensor, image_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,60 +40,49 @@ def dedup_image_features(image_feats: torch.Tensor, image_ids: torch.Tensor) -> 
     return image_feats.index_select(0, rows), torch.tensor(ids, dtype=torch.long)
 
 
-def _top_rows(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k best rows of every column ordered by (score desc, row asc), as a stable sort would give.
+@dataclass(frozen=True)
+class RetrievalRanks:
+    """Where the true match of every query ranks (0-based, ties broken by index) and what ranks first.
 
-    ``topk`` is fast but picks arbitrary members of a tie at the k-th value; columns where that
-    matters (more rows equal the k-th value than were picked) are redone with a full stable sort.
+    Args:
+        image_ids: (N,) the images, de-duplicated and sorted by id (rows of the ``image_*`` fields).
+        image_rank: (N,) rank of each image's best-ranked caption among all captions (text retrieval).
+        image_top1: (N,) the caption (index) each image ranks first.
+        text_image_row: (T,) the row of each caption's image.
+        text_rank: (T,) rank of each caption's image among all images (image retrieval).
+        text_top1: (T,) the image row each caption ranks first.
     """
-    values, rows = scores.topk(k, dim=0)
-    rows, by_row = rows.sort(dim=0)
-    values = values.gather(0, by_row)
-    values, by_value = values.sort(dim=0, descending=True, stable=True)
-    rows = rows.gather(0, by_value)
-    kth = values[-1:]
-    straddling = ((scores == kth).sum(dim=0) > (values == kth).sum(dim=0)).nonzero().flatten()
-    if straddling.numel():
-        full_values, full_rows = torch.sort(scores[:, straddling], dim=0, descending=True, stable=True)
-        values[:, straddling] = full_values[:k]
-        rows[:, straddling] = full_rows[:k]
-    return values, rows
+
+    image_ids: torch.Tensor
+    image_rank: torch.Tensor
+    image_top1: torch.Tensor
+    text_image_row: torch.Tensor
+    text_rank: torch.Tensor
+    text_top1: torch.Tensor
 
 
-def retrieval_recalls(
+def retrieval_ranks(
     image_feats: torch.Tensor,
     text_feats: torch.Tensor,
     text_to_image: torch.Tensor,
     image_ids: torch.Tensor | None = None,
     *,
-    ks: Sequence[int] = (1, 5, 10),
     chunk_size: int = 512,
     split: str = "eval",
-) -> dict[str, float]:
-    """Retrieval recalls ``tr_r{k}``, ``ir_r{k}`` and ``average_score`` (percent).
+) -> RetrievalRanks:
+    """The rank of the true match of every image query (its best-ranked caption) and every caption
+    query (its image), from the dot products of the features; arguments as :func:`retrieval_recalls`.
 
-    Args:
-        image_feats: (N, D) image features, one row per image or per (image, caption) row.
-        text_feats: (T, D) caption features.
-        text_to_image: (T,) the ``image_id`` of each caption.
-        image_ids: (N,) the ``image_id`` of each image row; rows sharing an id are de-duplicated.
-            ``None`` means the rows are images ``0..N-1``.
-        ks: the cut-offs.
-        chunk_size: images per similarity chunk (memory ~ chunk_size x T floats, a few times over).
-        split: the split's name, used in error messages.
-
-    Raises:
-        ValueError: shape mismatch, a caption whose image is not among the images (named), or an
-            image without any caption (named).
-        EmptySplitError: no images or no captions.
+    The similarity is computed in chunks of images, twice over (first the captions' own scores, then
+    the count of images ahead of them), so memory stays at a chunk x captions matrix.
     """
     check_not_empty(image_feats.shape[0], split, "images")
     check_not_empty(text_feats.shape[0], split, "captions")
     if image_feats.dim() != 2 or text_feats.dim() != 2 or image_feats.shape[1] != text_feats.shape[1]:
         raise ValueError(f"features must be (N, D) and (T, D) with the same D, got {tuple(image_feats.shape)} "
                          f"and {tuple(text_feats.shape)}")
-    if chunk_size < 1 or not ks or min(ks) < 1:
-        raise ValueError(f"need chunk_size >= 1 and cut-offs >= 1, got chunk_size={chunk_size}, ks={tuple(ks)}")
+    if chunk_size < 1:
+        raise ValueError(f"need chunk_size >= 1, got chunk_size={chunk_size}")
     text_to_image = torch.as_tensor(text_to_image).long()
     if text_to_image.shape != (text_feats.shape[0],):
         raise ValueError(f"text_to_image must hold one image id per caption ({text_feats.shape[0]}), "
@@ -126,16 +118,18 @@ def retrieval_recalls(
 
     image_feats = image_feats.float()
     text_t = text_feats.float().to(device).t()
-    top = max(ks)
-    keep = min(top, num_images)
     columns = torch.arange(num_texts, device=device).unsqueeze(0)
-    tr_best_rank = torch.empty(num_images, dtype=torch.long, device=device)
-    run_scores = torch.empty(0, num_texts, device=device)
-    run_rows = torch.empty(0, num_texts, dtype=torch.long, device=device)
-    for start in range(0, num_images, chunk_size):
-        scores = image_feats[start:start + chunk_size] @ text_t  # (c, T): the one product of this chunk
+    image_rank = torch.empty(num_images, dtype=torch.long, device=device)
+    image_top1 = torch.empty(num_images, dtype=torch.long, device=device)
+    own_score = torch.empty(num_texts, device=device)
+    text_top1 = torch.zeros(num_texts, dtype=torch.long, device=device)
+    best_text_score = torch.full((num_texts,), float("-inf"), device=device)
+    chunks = range(0, num_images, chunk_size)
+    for start in chunks:
+        scores = image_feats[start:start + chunk_size] @ text_t  # (c, T)
+        rows = torch.arange(start, start + scores.shape[0], device=device)
 
-        # TR: rank of each image's best-ranked caption (highest score, then lowest index) among all.
+        # Image query: rank of its best-ranked caption (highest score, then lowest index) among all.
         own = positives[start:start + scores.shape[0]]
         own_scores = scores.gather(1, own.clamp(max=num_texts - 1)).masked_fill(own == num_texts, float("-inf"))
         best_score = own_scores.max(dim=1, keepdim=True).values
@@ -144,25 +138,66 @@ def retrieval_recalls(
         tied = (scores == best_score).sum(dim=1) > 1  # other captions with exactly the best score
         if tied.any():
             rank[tied] += ((scores[tied] == best_score[tied]) & (columns < best_col[tied])).sum(dim=1)
-        tr_best_rank[start:start + scores.shape[0]] = rank
+        image_rank[rows] = rank
+        image_top1[rows] = scores.argmax(dim=1)  # the first of equal maxima
 
-        # IR: running top-k images per caption, ordered by (score desc, row asc). The running rows all
-        # precede this chunk's, so a stable sort of [running; chunk] keeps that order on ties.
-        chunk_scores, chunk_rows = _top_rows(scores, min(keep, scores.shape[0]))
-        merged_scores = torch.cat([run_scores, chunk_scores])
-        merged_rows = torch.cat([run_rows, chunk_rows + start])
-        merged_scores, order = torch.sort(merged_scores, dim=0, descending=True, stable=True)
-        run_scores = merged_scores[:keep]
-        run_rows = merged_rows.gather(0, order[:keep])
-        del scores, chunk_scores, chunk_rows, order
+        # Caption queries: their own image's score (from this very product) and the running best image,
+        # an earlier row winning ties.
+        mine = ((caption_rows >= start) & (caption_rows < start + scores.shape[0])).nonzero().flatten()
+        own_score[mine] = scores[caption_rows[mine] - start, mine]
+        chunk_best, chunk_row = scores.max(dim=0)
+        better = chunk_best > best_text_score
+        best_text_score = torch.where(better, chunk_best, best_text_score)
+        text_top1 = torch.where(better, chunk_row + start, text_top1)
+    text_rank = torch.zeros(num_texts, dtype=torch.long, device=device)
+    for start in chunks:
+        scores = image_feats[start:start + chunk_size] @ text_t  # the same product as above, recomputed
+        rows = torch.arange(start, start + scores.shape[0], device=device).unsqueeze(1)
+        ahead = (scores > own_score) | ((scores == own_score) & (rows < caption_rows))
+        text_rank += ahead.sum(dim=0)
+    return RetrievalRanks(ids, image_rank.cpu(), image_top1.cpu(), caption_rows.cpu(), text_rank.cpu(),
+                          text_top1.cpu())
 
-    hit_rank = (run_rows == caption_rows.unsqueeze(0)).float().argmax(dim=0)
-    found = (run_rows == caption_rows.unsqueeze(0)).any(dim=0)
-    ir_rank = torch.where(found, hit_rank, torch.full_like(hit_rank, num_images))
+
+def recalls_from_ranks(ranks: RetrievalRanks, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """``tr_r{k}`` (image queries), ``ir_r{k}`` (caption queries) and ``average_score``, in percent."""
     result = {}
     for k in ks:
-        result[f"tr_r{k}"] = 100.0 * (tr_best_rank < k).float().mean().item()
+        result[f"tr_r{k}"] = 100.0 * (ranks.image_rank < k).float().mean().item()
     for k in ks:
-        result[f"ir_r{k}"] = 100.0 * (ir_rank < k).float().mean().item()
+        result[f"ir_r{k}"] = 100.0 * (ranks.text_rank < k).float().mean().item()
     result["average_score"] = sum(result.values()) / len(result)
     return result
+
+
+def retrieval_recalls(
+    image_feats: torch.Tensor,
+    text_feats: torch.Tensor,
+    text_to_image: torch.Tensor,
+    image_ids: torch.Tensor | None = None,
+    *,
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_size: int = 512,
+    split: str = "eval",
+) -> dict[str, float]:
+    """Retrieval recalls ``tr_r{k}``, ``ir_r{k}`` and ``average_score`` (percent).
+
+    Args:
+        image_feats: (N, D) image features, one row per image or per (image, caption) row.
+        text_feats: (T, D) caption features.
+        text_to_image: (T,) the ``image_id`` of each caption.
+        image_ids: (N,) the ``image_id`` of each image row; rows sharing an id are de-duplicated.
+            ``None`` means the rows are images ``0..N-1``.
+        ks: the cut-offs.
+        chunk_size: images per similarity chunk (memory ~ chunk_size x T floats, a few times over).
+        split: the split's name, used in error messages.
+
+    Raises:
+        ValueError: shape mismatch, a caption whose image is not among the images (named), or an
+            image without any caption (named).
+        EmptySplitError: no images or no captions.
+    """
+    if not ks or min(ks) < 1:
+        raise ValueError(f"need cut-offs >= 1, got ks={tuple(ks)}")
+    ranks = retrieval_ranks(image_feats, text_feats, text_to_image, image_ids, chunk_size=chunk_size, split=split)
+    return recalls_from_ranks(ranks, ks)

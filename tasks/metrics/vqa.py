@@ -24,12 +24,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import pandas as pd
 import torch
 
 from tasks.metrics._checks import check_not_empty
 from tasks.metrics.vqa_normalize import normalize_answer
 
-__all__ = ["question_accuracy", "vqa_accuracy", "vqa_score", "vqa_submission"]
+__all__ = ["question_accuracy", "question_scores", "vqa_accuracy", "vqa_score", "vqa_submission"]
 
 _MAX_IDS_SHOWN = 10
 
@@ -107,6 +108,55 @@ def _shown(ids: Iterable[Any]) -> str:
     return ", ".join(repr(i) for i in ids[:_MAX_IDS_SHOWN]) + more
 
 
+def _scored_questions(predictions: Any, annotations: Any, split: str, partial: bool):
+    """``(question_id, prediction, annotation, accuracy)`` per predicted question, after the official
+    ``loadRes`` checks (every predicted id annotated; every annotated id predicted unless ``partial``)."""
+    preds = _prediction_table(predictions)
+    gts = _annotation_table(annotations)
+    check_not_empty(len(preds), split, "VQA predictions")
+    unknown = [qid for qid in preds if qid not in gts]
+    if unknown:
+        by_text = {str(qid) for qid in gts}
+        hint = (" (the ids look like strings vs integers: convert the prediction keys)"
+                if any(str(qid) in by_text for qid in unknown) else "")
+        raise ValueError(
+            f"split {split!r}: {len(unknown)} predicted question_id(s) are not in the annotations: "
+            f"{_shown(unknown)}{hint}. Score predictions against the annotations of the same split."
+        )
+    if not partial:
+        missing = [qid for qid in gts if qid not in preds]
+        if missing:
+            raise ValueError(
+                f"split {split!r}: {len(missing)} annotated question(s) have no prediction: {_shown(missing)}. "
+                "The official scorer needs one answer per question; pass partial=True to score a subset."
+            )
+    for qid, prediction in preds.items():
+        record = gts[qid]
+        if not isinstance(record, Mapping) or "answers" not in record:
+            raise ValueError(f"split {split!r}: annotation of question_id {qid!r} has no 'answers'")
+        yield qid, prediction, record, question_accuracy(prediction, record["answers"], qid)
+
+
+def question_scores(
+    predictions: Mapping[Any, str] | Sequence[Mapping],
+    annotations: Mapping[Any, Mapping] | Sequence[Mapping] | Mapping[str, Any],
+    *,
+    split: str = "eval",
+    partial: bool = False,
+) -> pd.DataFrame:
+    """Per-question official accuracy, one row per predicted question (the checks of :func:`vqa_accuracy`).
+
+    Returns:
+        Columns ``question_id``, ``prediction``, ``answer_type``, ``question_type`` (``None`` where the
+        annotation has none) and ``accuracy`` in percent, unrounded: ``round(mean, 2)`` of it is
+        :func:`vqa_accuracy`'s ``overall``, grouped by answer type its ``per_answer_type``.
+    """
+    rows = [{"question_id": qid, "prediction": prediction, "answer_type": record.get("answer_type"),
+             "question_type": record.get("question_type"), "accuracy": 100.0 * accuracy}
+            for qid, prediction, record, accuracy in _scored_questions(predictions, annotations, split, partial)]
+    return pd.DataFrame(rows, columns=["question_id", "prediction", "answer_type", "question_type", "accuracy"])
+
+
 def vqa_accuracy(
     predictions: Mapping[Any, str] | Sequence[Mapping],
     annotations: Mapping[Any, Mapping] | Sequence[Mapping] | Mapping[str, Any],
@@ -136,31 +186,8 @@ def vqa_accuracy(
             lack a prediction (without ``partial``), or a record is malformed.
         EmptySplitError: no predictions.
     """
-    preds = _prediction_table(predictions)
-    gts = _annotation_table(annotations)
-    check_not_empty(len(preds), split, "VQA predictions")
-    unknown = [qid for qid in preds if qid not in gts]
-    if unknown:
-        by_text = {str(qid) for qid in gts}
-        hint = (" (the ids look like strings vs integers: convert the prediction keys)"
-                if any(str(qid) in by_text for qid in unknown) else "")
-        raise ValueError(
-            f"split {split!r}: {len(unknown)} predicted question_id(s) are not in the annotations: "
-            f"{_shown(unknown)}{hint}. Score predictions against the annotations of the same split."
-        )
-    if not partial:
-        missing = [qid for qid in gts if qid not in preds]
-        if missing:
-            raise ValueError(
-                f"split {split!r}: {len(missing)} annotated question(s) have no prediction: {_shown(missing)}. "
-                "The official scorer needs one answer per question; pass partial=True to score a subset."
-            )
     per_question, by_answer_type, by_question_type = [], {}, {}
-    for qid, prediction in preds.items():
-        record = gts[qid]
-        if not isinstance(record, Mapping) or "answers" not in record:
-            raise ValueError(f"split {split!r}: annotation of question_id {qid!r} has no 'answers'")
-        accuracy = question_accuracy(prediction, record["answers"], qid)
+    for _, _, record, accuracy in _scored_questions(predictions, annotations, split, partial):
         per_question.append(accuracy)
         if "answer_type" in record:
             by_answer_type.setdefault(record["answer_type"], []).append(accuracy)

@@ -1,10 +1,20 @@
 """Finetuning experiments: official recipes scaled by profile, lineage to pretraining, evaluation; table4."""
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from harness.config import train_config_hash
 from harness.experiments import recipe_configs
-from harness.finetune import ensure_finetune, finetune_config, itc_config, official_recipe, zero_shot_retrieval
+from harness.experiments import RunRecord
+from harness.finetune import (
+    ensure_finetune,
+    evaluate_run,
+    finetune_config,
+    itc_config,
+    official_recipe,
+    zero_shot_retrieval,
+)
+from harness.per_item import load_per_item
 from harness.profiles import get_profile
 
 
@@ -69,6 +79,30 @@ def test_official_recipe_by_size():
     assert giant["num_max_bpe_tokens"] == 32  # the rest from the released recipe
 
 
+def test_evaluate_run_logs_the_metrics_and_each_splits_per_item_frame(sandbox, tmp_path, monkeypatch):
+    import tasks
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # seconds faster than creating a sqlite store
+    cfg = finetune_config("nlvr2", "none", get_profile("smoke"))
+    model = tasks.build_model(cfg.task, cfg.model, **cfg.model_overrides)
+    checkpoint = tmp_path / "model.pt"
+    torch.save(model.state_dict(), checkpoint)
+    uri = (tmp_path / "mlruns").as_uri()
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("evaluate")).info.run_id
+    record = RunRecord(cfg.run_name, run_id, "hash", str(checkpoint), "ran")
+    metrics = evaluate_run(cfg, record, ["dev", "test1"], uri)
+    assert set(metrics) == {f"eval.{s}.{k}" for s in ("dev", "test1") for k in ("accuracy", "num_examples")}
+    assert client.get_run(run_id).data.metrics == metrics
+    for split in ("dev", "test1"):
+        items = load_per_item(run_id, split, tracking_uri=uri)
+        assert len(items) == metrics[f"eval.{split}.num_examples"]
+        assert items["accuracy"].mean() == pytest.approx(metrics[f"eval.{split}.accuracy"])
+    zero = evaluate_run(cfg, record, ["dev"], uri, prefix="zeroshot.world")
+    assert set(zero) == {"zeroshot.world.dev.accuracy", "zeroshot.world.dev.num_examples"}
+    assert len(load_per_item(run_id, "dev", tracking_uri=uri, prefix="zeroshot.world")) == zero["zeroshot.world.dev.num_examples"]
+
+
 @pytest.mark.slow
 def test_finetune_descends_from_pretraining_and_logs_the_official_metric(sandbox):
     smoke = get_profile("smoke")
@@ -80,6 +114,8 @@ def test_finetune_descends_from_pretraining_and_logs_the_official_metric(sandbox
     assert run.data.tags["parent_run_id"] == result.parents[-1].run_id
     assert run.data.tags["parent_config_hash"] == result.parents[-1].config_hash
     assert run.data.metrics["eval.dev.accuracy"] == result.metrics["eval.dev.accuracy"]
+    items = load_per_item(result.run.run_id, "test1", tracking_uri=sandbox)
+    assert len(items) == result.metrics["eval.test1.num_examples"]
     again = ensure_finetune("nlvr2", "beit3", smoke)
     assert again.run.status == "reused" and again.metrics == result.metrics
 

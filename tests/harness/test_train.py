@@ -12,7 +12,8 @@ import torch
 from harness.checkpointing import ResumeError, latest_checkpoint, list_checkpoints, load_checkpoint_file
 from harness.config import ConfigError, TrainConfig, build_train_config, load_train_config
 from harness.optim import lr_at, param_groups
-from harness.train import NonFiniteLossError, parse_overrides, per_rank_batch_size, schedule_for_data, train
+from harness.launch import parse_overrides, per_rank_batch_size, schedule_for_data
+from harness.train import NonFiniteLossError, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from toy_training import ToyData, ToyModel, run, toy_config  # noqa: E402

@@ -62,11 +62,15 @@ def test_resume_gives_identical_masks(world, config):
 def test_evaluate_generates_and_scores_every_test_image(world, config, tmp_path):
     model = tiny(world)
     out = tmp_path / "captions.json"
-    metrics = captioning.evaluate(model, {**config, "max_len": 8}, split="test", batch_size=3, out_path=out,
-                                  ptb_tokenize=False, meteor=False, spice=False)
+    result = captioning.evaluate(model, {**config, "max_len": 8}, split="test", batch_size=3, out_path=out,
+                                 ptb_tokenize=False, meteor=False, spice=False)
+    metrics, items = result.metrics, result.items
+    assert len(items) == 6 and (items["item_id"] == items["cluster_id"]).all()
+    assert {"BLEU-4", "ROUGE-L", "CIDEr"} <= set(items.columns) and "SPICE" not in items
     assert {"BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr"} <= metrics.keys() and "SPICE" not in metrics
     assert metrics["num_images"] == 6 and all(0.0 <= metrics[k] <= 1.0 for k in ("BLEU-1", "BLEU-4", "ROUGE-L"))
     rows = json.loads(out.read_text())
+    assert {str(r["image_id"]): r["caption"] for r in rows} == dict(zip(items["item_id"], items["prediction"]))
     references = json.loads((world / "coco" / "dataset_coco.json").read_text())["images"]
     assert sorted(r["image_id"] for r in rows) == sorted(i["cocoid"] for i in references if i["split"] == "test")
 

@@ -61,15 +61,18 @@ def test_retrieval_classifier_trains_on_class_names_and_evaluates(world, config)
     assert batch["class_text"].shape[0] == 2 * NUM_CLASSES and batch["num_templates"] == 2
     losses = train_steps("imagenet", model, batch, 4)[0]
     assert all(torch.isfinite(torch.tensor(losses)))
-    metrics = imagenet.evaluate(model, config, split="test", batch_size=8)
+    metrics = imagenet.evaluate(model, config, split="test", batch_size=8).metrics
     assert model.class_embeddings.shape[0] == NUM_CLASSES
     assert metrics["num_images"] == NUM_CLASSES and 0.0 <= metrics["acc1"] <= metrics["acc5"] <= 100.0
 
 
 def test_linear_evaluation_and_quirks(world, config):
     model = tiny(world, num_classes=NUM_CLASSES)
-    metrics = imagenet.evaluate(model, config, split="test", batch_size=8)
+    result = imagenet.evaluate(model, config, split="test", batch_size=8)
+    metrics, items = result.metrics, result.items
     assert set(metrics) == {"acc1", "acc5", "num_images"} and 0.0 <= metrics["acc1"] <= metrics["acc5"] <= 100.0
+    assert len(items) == NUM_CLASSES and (items["acc1"] <= items["acc5"]).all()
+    assert ((items["acc1"] == 100.0) == (items["prediction"] == items["label"])).all()
     official = imagenet.build_eval_dataset({**config, "quirks": "official"}, "val", model=model)
     assert any(isinstance(t, RandomErasing) for t in official.transform.transforms)  # the training transform
     for cfg, split in (({**config, "quirks": "official"}, "test"), (config, "val")):

@@ -53,8 +53,13 @@ def test_resume_gives_identical_batches(world, config):
 def test_evaluate_dev_and_test1(world, config):
     model = tiny(world)
     for split in ("dev", "test1"):
-        metrics = nlvr2.evaluate(model, config, split=split, batch_size=3)
+        result = nlvr2.evaluate(model, config, split=split, batch_size=3)
+        metrics, items = result.metrics, result.items
         assert metrics["num_examples"] == 8 and 0.0 <= metrics["accuracy"] <= 100.0
+        assert len(items) == 8 and items["item_id"].str.startswith(f"{split}-").all()
+        assert set(items["accuracy"]) <= {0.0, 100.0} and (items["accuracy"] == 100.0 * (items["prediction"] == items["label"])).all()
+        assert items["cluster_id"].nunique() < len(items)  # the examples of a set share it
+    assert len(nlvr2.evaluate(model, config, split="dev", limit=3).items) == 3
     with pytest.raises(ValueError, match="unknown NLVR2 split 'test'"):
         nlvr2.evaluate(model, config, split="test")
 

@@ -69,12 +69,18 @@ def test_itc_stage_streams_pretraining_pairs_and_resumes_mid_epoch(world, config
 
 def test_evaluate_zero_shot_then_fine_tuned(world, config):
     model = tiny(world)
-    zero_shot = retrieval.evaluate(model, config, split="test", batch_size=4)
+    result = retrieval.evaluate(model, config, split="test", batch_size=4)
+    zero_shot, items = result.metrics, result.items
+    assert items["direction"].value_counts().to_dict() == {"i2t": 6, "t2i": 30}
+    assert items.groupby("direction")["cluster_id"].nunique().to_dict() == {"i2t": 6, "t2i": 6}
+    assert ((items["rank"] <= 1) == (items["prediction"] == items["cluster_id"])).all()  # hit at 1: its own image first
+    limited = retrieval.evaluate(model, config, split="test", batch_size=4, limit=2).items
+    assert limited["direction"].value_counts().to_dict() == {"i2t": 2, "t2i": 10}
     assert RECALL_KEYS <= zero_shot.keys() and zero_shot["num_images"] == 6 and zero_shot["num_captions"] == 30
     assert all(0.0 <= zero_shot[k] <= 100.0 for k in RECALL_KEYS)
     assert zero_shot["tr_r1"] <= zero_shot["tr_r5"] <= zero_shot["tr_r10"]
     assert zero_shot["ir_r5"] <= zero_shot["ir_r10"] == 100.0  # 6 images: every caption's image is in the top 10
-    flickr = retrieval.evaluate(model, {**config, "dataset": "flickr30k"}, split="val")
+    flickr = retrieval.evaluate(model, {**config, "dataset": "flickr30k"}, split="val").metrics
     assert flickr["num_images"] == 2 and flickr["ir_r5"] == 100.0  # 2 images: every caption's image is in the top 5
     with pytest.raises(ValueError, match="unknown retrieval dataset 'coco5k'"):
         retrieval.evaluate(model, {**config, "dataset": "coco5k"}, split="test")

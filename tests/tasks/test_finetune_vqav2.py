@@ -65,7 +65,11 @@ def test_resume_gives_identical_batches_and_train_plus_val(world, config, vocab)
 
 def test_evaluate_val_scores_every_question_and_test_dev_writes_the_submission(world, config, vocab, tmp_path):
     model = tiny(world, len(vocab))
-    metrics = vqav2.evaluate(model, config, split="val", batch_size=16)
+    result = vqav2.evaluate(model, config, split="val", batch_size=16)
+    metrics, items = result.metrics, result.items
+    assert len(items) == len(items["item_id"].unique()) == metrics["num_questions"]
+    assert {"vqa_accuracy", "vqa_score", "answer_type"} <= set(items.columns)
+    assert items["prediction"].isin(vocab).all()
     questions = json.loads((world / "coco/vqa/v2_OpenEnded_mscoco_val2014_questions.json").read_text())["questions"]
     assert metrics["num_questions"] == len(questions)
     assert {"vqa_accuracy", "vqa_score", "vqa_accuracy_yes/no"} <= metrics.keys()
@@ -73,7 +77,8 @@ def test_evaluate_val_scores_every_question_and_test_dev_writes_the_submission(w
     assert model.training  # restored
 
     out = tmp_path / "test-dev.json"
-    assert vqav2.evaluate(model, config, split="test-dev", out_path=out)["num_questions"] == 9
+    test_dev = vqav2.evaluate(model, config, split="test-dev", out_path=out)
+    assert test_dev.metrics == {"num_questions": 9} and "vqa_accuracy" not in test_dev.items
     rows = json.loads(out.read_text())
     test_dev = json.loads((world / "coco/vqa/v2_OpenEnded_mscoco_test-dev2015_questions.json").read_text())
     assert sorted(r["question_id"] for r in rows) == sorted(q["question_id"] for q in test_dev["questions"])
