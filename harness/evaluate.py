@@ -191,29 +191,7 @@ def run_task_evaluation(task: str, model: torch.nn.Module, data: Mapping[str, An
     kwargs: dict[str, Any] = {"split": split, "limit": limit, "device": device}
     if batch_size:
         kwargs["batch_size"] = batch_size
-    if hasattr(tasks, "get_task"):
-        return tasks.get_task(task).evaluate(model, dict(data), **kwargs)
-    return _evaluate_before_registry(task, model, data, **kwargs)
-
-
-def _evaluate_before_registry(task: str, model, data, *, split, limit, device, **kwargs) -> EvalResult:
-    # SHIM until the task registry (tasks.get_task, EvalResult per item) is merged: metrics only, and
-    # the predictions the old evaluate functions write (VQAv2, captioning). Deleted at that merge.
-    import tempfile
-
-    if limit is not None:
-        raise EvalError("--limit needs the per-item task contract (tasks.get_task), which this tree lacks")
-    module = tasks.task_module(task)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "predictions.json"
-        extra = {"out_path": out} if task in ("vqav2", "captioning") else {}
-        metrics = module.evaluate(model, dict(data), split=split, device=device, **kwargs, **extra)
-        rows = json.loads(out.read_text()) if out.is_file() else []
-    key = "question_id" if task == "vqav2" else "image_id"
-    value = "answer" if task == "vqav2" else "caption"
-    items = pd.DataFrame({"item_id": [str(r[key]) for r in rows], "cluster_id": [str(r[key]) for r in rows],
-                          "prediction": [r[value] for r in rows]}, columns=list(ITEM_COLUMNS))
-    return EvalResult({k: float(v) for k, v in metrics.items()}, items)
+    return tasks.get_task(task).evaluate(model, dict(data), **kwargs)
 
 
 def write_atomic(path: Path, text: str) -> Path:

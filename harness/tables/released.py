@@ -28,7 +28,7 @@ def weights_dir(options: RunOptions) -> Path:
 def eval_data_root(profile: Profile, eval_task) -> Path:
     """The data root of ``eval_task`` under ``profile`` (the finetunes' own: a world, or ``data_roots``)."""
     from harness.finetune import data_root
-    from harness.train import resolve_data_root
+    from harness.launch import resolve_data_root
 
     variant = dict(eval_task.data) or None
     return Path(resolve_data_root({"root": data_root(profile, eval_task.task, variant)})["root"])
@@ -38,9 +38,7 @@ def display_scale(task: str, metric: str) -> float:
     """Stored -> displayed units of a task metric (``MetricSpec.scale``)."""
     import tasks
 
-    if hasattr(tasks, "get_task"):
-        return float(tasks.get_task(task).metric(metric).scale)
-    return 100.0 if metric == "CIDEr" else 1.0  # SHIM until the task registry is merged
+    return float(tasks.get_task(task).metric(metric).scale)
 
 
 @register_table("released")
