@@ -5,6 +5,7 @@
     harness run table2 --dry-run              # the experiments it would run, nothing else
     harness report table2 --profile smoke     # reports/table2.{md,tex,html} from MLflow alone
     harness data world --profile smoke --out data/world-smoke
+    harness eval vqav2 --checkpoint weights/beit3_base_patch16_480_vqa.pth --data data/vqav2
 
 Bad names (table, profile), an unreachable tracking store and output folders that cannot be written
 end with one message on stderr and exit code 2, before any work starts; so does every other error a
@@ -23,6 +24,7 @@ from typing import Callable, Sequence
 
 from harness.ablation import SWITCHES, ablation_label, parse_ablation
 from harness.errors import EXIT_USAGE, USER_ERRORS, one_line
+from harness.evaluate import add_eval_arguments, cmd_eval
 from harness.experiments import RECIPE_NAMES
 from harness.profiles import PROFILES, Profile, get_profile, list_profiles
 from harness.reporting import FORMATS, parse_formats, report_tables
@@ -146,7 +148,7 @@ def run_options(args: argparse.Namespace, profile: Profile) -> RunOptions:
     recipes = tuple(r.strip() for r in args.recipes.split(",") if r.strip()) if args.recipes else RECIPE_NAMES
     ablation = parse_ablation(args.ablation)  # AblationError / UnknownNameError: exit 2 with the known switches
     try:
-        return RunOptions(seeds=seeds, recipes=recipes, nproc=args.nproc, ablation=ablation)
+        return RunOptions(seeds=seeds, recipes=recipes, nproc=args.nproc, ablation=ablation, weights=args.weights)
     except ValueError as err:
         raise UsageError(f"--{err}") from None
 
@@ -303,8 +305,26 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument("--nproc", type=int, default=1,
                        help="processes per training run; > 1 launches each under torchrun (default: 1)")
     p_run.add_argument("--dry-run", action="store_true", help="print the experiments the tables need and stop")
+    p_run.add_argument("--weights", default="weights", metavar="DIR",
+                       help="folder of the released checkpoints (table released; default: weights)")
     _add_store_and_output_arguments(p_run, "<table>.md")
     p_run.set_defaults(handler=cmd_run)
+
+    p_eval = sub.add_parser(
+        "eval",
+        help="score one finetuned checkpoint (released or the harness's own) with the task's official metric",
+        description="Evaluate a checkpoint: the model is read from its tensors, the task's official settings "
+        "score it; writes metrics, per-item predictions and the leaderboard file, records one MLflow run "
+        "(experiment beit3-eval).",
+        formatter_class=formatter,
+        epilog=_examples(
+            "harness eval vqav2 --checkpoint weights/beit3_base_patch16_480_vqa.pth --data data/vqav2",
+            "harness eval coco_retrieval --checkpoint weights/beit3_base_patch16_384_coco_retrieval.pth --data data/coco",
+            "harness eval nlvr2 --checkpoint runs/nlvr2-beit3-smoke-seed0/model.pt --data data/world/smoke-seed0-v1 --limit 8",
+        ),
+    )
+    add_eval_arguments(p_eval)
+    p_eval.set_defaults(handler=cmd_eval)
 
     p_data = sub.add_parser(
         "data",

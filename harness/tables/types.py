@@ -39,12 +39,14 @@ class RunOptions:
         nproc: processes per training run; more than one launches each run under torchrun.
         ablation: ``(name, value)`` switches set alike in every recipe's pretraining
             (``harness.ablation``); given as pairs or a mapping, kept in canonical form.
+        weights: the folder of released checkpoints (table ``released``).
     """
 
     seeds: int = 1
     recipes: tuple[str, ...] = RECIPE_NAMES
     nproc: int = 1
     ablation: Ablation = ()
+    weights: str = "weights"
 
     def __post_init__(self) -> None:
         if self.seeds < 1:

@@ -28,7 +28,7 @@ def test_list_tables_shows_captions_and_availability(capsys):
     code, out, _ = _run_cli(capsys, "list", "tables")
     assert code == 0
     lines = {line.split()[0]: line for line in out.splitlines()}
-    assert list(lines) == [*(f"table{i}" for i in range(1, 11)), "compare"]  # the paper's, then the harness's own
+    assert list(lines) == [*(f"table{i}" for i in range(1, 11)), "compare", "released"]  # the paper's, then the harness's own
     assert "available" in lines["table2"] and "Model configuration of BEiT-3" in lines["table2"]
     assert "available" in lines["table4"] and "visual question answering" in lines["table4"]
     assert "not yet" not in out and "Overview" in lines["table1"]  # table1 renders the other tables' runs
