@@ -202,6 +202,37 @@ def route(module: nn.Module, x: torch.Tensor, split_position: int) -> torch.Tens
     return module(x)
 
 
+def expert(module: nn.Module, branch: str) -> nn.Module:
+    """The ``branch`` expert of a Multiway module; a shared module serves every branch."""
+    return getattr(module, branch) if isinstance(module, Multiway) else module
+
+
+# A sequence as its modality streams: [(branch, (B, T_branch, D)), ...] in sequence order. The encoder
+# keeps the streams apart between layers, so per-modality modules run on contiguous tensors and only
+# attention sees the joined sequence; slicing and re-joining the whole sequence around every
+# Multiway module cost copies (forward) and zero-filled slice gradients (backward).
+Streams = list[tuple[str, torch.Tensor]]
+
+
+def to_streams(x: torch.Tensor, split_position: int) -> Streams:
+    parts = segments(split_position)
+    if len(parts) == 1:
+        return [(parts[0][0], x)]
+    image, text = torch.split(x, [split_position, x.shape[1] - split_position], dim=1)
+    return [("A", image.contiguous()), ("B", text.contiguous())]
+
+
+def join_streams(streams: Streams) -> torch.Tensor:
+    return streams[0][1] if len(streams) == 1 else torch.cat([x for _, x in streams], dim=1)
+
+
+def split_like(x: torch.Tensor, streams: Streams) -> list[torch.Tensor]:
+    """Split a joined (B, T, ...) tensor back into the streams' lengths (views)."""
+    if len(streams) == 1:
+        return [x]
+    return list(torch.split(x, [part.shape[1] for _, part in streams], dim=1))
+
+
 # ------------------------------------------------------------------------------------------ layers
 class FeedForward(nn.Module):
     """fc1 -> exact GELU (in fp32) -> sub-LN -> fc2, as torchscale's FeedForwardNetwork with subln."""
@@ -253,10 +284,16 @@ class MultiheadAttention(nn.Module):
         attn_bias: torch.Tensor | None = None,
         incremental_state: dict[str, Any] | None = None,
     ) -> torch.Tensor:
-        batch, length, _ = x.shape
-        q = self._heads(route(self.q_proj, x, split_position))
-        k = self._heads(route(self.k_proj, x, split_position))
-        v = self._heads(route(self.v_proj, x, split_position))
+        return join_streams(self.forward_streams(to_streams(x, split_position), attn_bias, incremental_state))
+
+    def forward_streams(
+        self, streams: Streams, attn_bias: torch.Tensor | None = None, incremental_state: dict[str, Any] | None = None
+    ) -> Streams:
+        def project(module: nn.Module) -> torch.Tensor:
+            return self._heads(join_streams([(b, expert(module, b)(x)) for b, x in streams]))
+
+        q, k, v = project(self.q_proj), project(self.k_proj), project(self.v_proj)
+        batch, length = q.shape[0], q.shape[2]
         if incremental_state is not None:
             if "prev_key" in incremental_state:
                 k = torch.cat([incremental_state["prev_key"], k], dim=2)
@@ -269,8 +306,10 @@ class MultiheadAttention(nn.Module):
         else:
             attn = attention_reference(q, k, v, attn_bias)
         attn = attn.transpose(1, 2).reshape(batch, length, self.embed_dim)
-        attn = route(self.inner_attn_ln, attn, split_position)
-        return route(self.out_proj, attn, split_position)
+        return [
+            (b, expert(self.out_proj, b)(expert(self.inner_attn_ln, b)(part)))
+            for (b, _), part in zip(streams, split_like(attn, streams))
+        ]
 
 
 def attention_reference(
@@ -306,6 +345,14 @@ class EncoderLayer(nn.Module):
     def _expert(self, branch: str, h: torch.Tensor) -> torch.Tensor:
         return getattr(self.ffn, branch)(getattr(self.final_layer_norm, branch)(h))
 
+    def _drop_path(self, parts: list[torch.Tensor]) -> list[torch.Tensor]:
+        """One stochastic-depth draw per sample, shared by the streams (as for the joined sequence)."""
+        if not isinstance(self.drop_path, DropPath) or not self.training or self.drop_path.drop_prob == 0.0:
+            return parts
+        keep_prob = 1.0 - self.drop_path.drop_prob
+        scale = parts[0].new_empty((parts[0].shape[0], 1, 1)).bernoulli_(keep_prob).div_(keep_prob)
+        return [part * scale for part in parts]
+
     def forward(
         self,
         x: torch.Tensor,
@@ -314,9 +361,25 @@ class EncoderLayer(nn.Module):
         incremental_state: dict[str, Any] | None = None,
         use_vl: bool = False,
     ) -> torch.Tensor:
-        attn = self.self_attn(route(self.self_attn_layer_norm, x, split_position), split_position, attn_bias, incremental_state)
-        h = x + self.drop_path(attn)
-        return h + self.drop_path(apply_by_segment(self._expert, h, split_position, use_vl and self.has_vl))
+        streams = self.forward_streams(to_streams(x, split_position), attn_bias, incremental_state, use_vl)
+        return join_streams(streams)
+
+    def forward_streams(
+        self,
+        streams: Streams,
+        attn_bias: torch.Tensor | None = None,
+        incremental_state: dict[str, Any] | None = None,
+        use_vl: bool = False,
+    ) -> Streams:
+        normed = [(b, expert(self.self_attn_layer_norm, b)(x)) for b, x in streams]
+        attn = self._drop_path([a for _, a in self.self_attn.forward_streams(normed, attn_bias, incremental_state)])
+        h = [(b, x + a) for (b, x), a in zip(streams, attn)]
+        if use_vl and self.has_vl:  # every token through the VL-FFN: on the joined sequence
+            joined = join_streams(h)
+            (out,) = self._drop_path([self._expert("VL", joined)])
+            return list(zip([b for b, _ in h], split_like(joined + out, h)))
+        out = self._drop_path([self._expert(b, x) for b, x in h])
+        return [(b, x + o) for (b, x), o in zip(h, out)]
 
 
 class VisionEmbedding(nn.Module):
@@ -390,9 +453,11 @@ class Encoder(nn.Module):
                 parts.append(self._vision_positions(ids, num_tokens))
             else:
                 limit = self.embed_positions.B.num_embeddings
-                if int(ids.max()) >= limit:
+                # Without explicit positions the last one is known on the host: no read from the device.
+                last = int(ids.max()) if positions is not None else num_tokens + POSITION_OFFSET - 1
+                if last >= limit:
                     raise ValueError(
-                        f"text of {num_tokens} tokens (position {int(ids.max())}) does not fit the text position "
+                        f"text of {num_tokens} tokens (position {last}) does not fit the text position "
                         f"table of {limit} rows (positions start at {POSITION_OFFSET}, so at most "
                         f"{limit - POSITION_OFFSET} tokens): truncate the text"
                     )
@@ -417,6 +482,7 @@ class Encoder(nn.Module):
         attn_bias = build_attn_bias(attn_mask, padding_mask if incremental_state is None else None, x.dtype)
 
         states = [x] if return_all_hiddens else []
+        streams = to_streams(x, split_position)
         for index, layer in enumerate(self.layers):
             layer_state = None
             use_vl = 0 < split_position < length
@@ -425,16 +491,17 @@ class Encoder(nn.Module):
                 if layer.has_vl:  # a decoding step of an image-text input keeps using the VL-FFN
                     use_vl = layer_state.setdefault("vl_input", use_vl)
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(
-                    layer, x, split_position, attn_bias, layer_state, use_vl, use_reentrant=False
+                streams = torch.utils.checkpoint.checkpoint(
+                    layer.forward_streams, streams, attn_bias, layer_state, use_vl, use_reentrant=False
                 )
             else:
-                x = layer(x, split_position, attn_bias, layer_state, use_vl)
+                streams = layer.forward_streams(streams, attn_bias, layer_state, use_vl)
             if return_all_hiddens:
-                states.append(x)
+                states.append(join_streams(streams))
 
         if self.layer_norm is not None:
-            x = route(self.layer_norm, x, split_position)
+            streams = [(b, expert(self.layer_norm, b)(x)) for b, x in streams]
+        x = join_streams(streams)
         return {
             "encoder_out": x,
             "encoder_embedding": token_embeddings,

@@ -7,15 +7,28 @@ measured fp32 GEMM rate.
 
     python benchmarks/bench_backbone.py                       # base 224, image+text, batch 4
     python benchmarks/bench_backbone.py --batch 8 --rounds 5 --inputs image
+
+Prints the machine, thread count, torch/torchscale versions and the load average (a 1-min load above
+the thread count means other processes shared the CPU); the ratio is the median of per-round ratios
+with its min-max; FLOPs are counted with ``torch.utils.flop_counter``; the GEMM rate is measured
+on the model's own linear-layer shapes. Raw per-round times go to ``--out`` (JSON).
 """
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import json
+import os
+import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+aten = torch.ops.aten
 
 import backbones
 
@@ -42,17 +55,80 @@ def official_model(config: backbones.BEiT3Config) -> nn.Module:
     return Wrapper()
 
 
-def gemm_rate(rows: int = 4096, inner: int = 768, cols: int = 3072, trials: int = 5) -> float:
-    """Best-of-N fp32 GEMM rate at the FFN's shape (tokens x D @ D x 4D), in FLOP/s."""
-    a, b = torch.randn(rows, inner), torch.randn(inner, cols)
-    a @ b
-    best = float("inf")
-    for _ in range(trials):
-        start = time.perf_counter()
-        for _ in range(3):
-            a @ b
-        best = min(best, (time.perf_counter() - start) / 3)
-    return 2 * rows * inner * cols / best
+def _sdpa_flops(query, key, value, *args, **kwargs) -> int:
+    batch, heads, length, dim = query
+    return 2 * 2 * batch * heads * length * key[2] * dim
+
+
+def _sdpa_backward_flops(grad_out, query, key, value, *args, **kwargs) -> int:
+    return 5 * _sdpa_flops(query, key, value) // 2
+
+
+# torch's counter knows the GPU attention kernels but not the CPU flash kernel SDPA uses here.
+CPU_ATTENTION_FLOPS = {
+    aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops,
+    aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_backward_flops,
+}
+
+
+def counted_flops(model: nn.Module, inputs: dict, train: bool) -> int:
+    """FLOPs of one forward (+ backward when ``train``), counted with torch.utils.flop_counter."""
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+        with torch.set_grad_enabled(train):
+            out = model(**inputs)["encoder_out"]
+            if train:
+                out.float().pow(2).mean().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def linear_gemm_shapes(config: backbones.BEiT3Config, batch: int, num_image: int, num_text: int, train: bool):
+    """(M, K, N) of every linear-layer GEMM of one step: per modality q/k/v/out (D->D), fc1, fc2;
+    for training also the two backward GEMMs of each (grad input M x N @ N x K, grad weight K x M @ M x N)."""
+    dim, ffn = config.embed_dim, config.ffn_dim
+    shapes = []
+    for tokens in (batch * num_image, batch * num_text):
+        if not tokens:
+            continue
+        for k, n in [(dim, dim)] * 4 + [(dim, ffn), (ffn, dim)]:
+            shapes.append((tokens, k, n))
+            if train:
+                shapes += [(tokens, n, k), (k, tokens, n)]
+    return shapes * config.depth
+
+
+def gemm_rate(shapes, trials: int = 3) -> float:
+    """fp32 FLOP/s of the given GEMMs run back to back (best of ``trials``)."""
+    distinct = {shape: shapes.count(shape) for shape in dict.fromkeys(shapes)}
+    total_flops, total_time = 0.0, 0.0
+    for (m, k, n), count in distinct.items():
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        a @ b
+        best = min(_timed(lambda: a @ b) for _ in range(trials))
+        total_flops += count * 2 * m * k * n
+        total_time += count * best
+    return total_flops / total_time
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def machine() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        torchscale = importlib.metadata.version("torchscale")
+    except importlib.metadata.PackageNotFoundError:
+        torchscale = "not installed"
+    return {"cpu": cpu, "logical_cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "torchscale": torchscale, "python": platform.python_version()}
 
 
 def forward_flops(config: backbones.BEiT3Config, batch: int, num_image: int, num_text: int) -> float:
@@ -91,17 +167,23 @@ def time_inference(model: nn.Module, inputs: dict) -> float:
     return time.perf_counter() - start
 
 
+def spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="beit3_base_patch16_224")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--text-len", type=int, default=64)
     parser.add_argument("--inputs", choices=["pair", "image", "text"], default="pair")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    parser.add_argument("--out", default="", help="raw JSON (default results/benchmarks/bench_backbone_<inputs>_b<batch>.json)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
 
     torch.manual_seed(0)
     ours = backbones.create_model(args.model)
@@ -114,36 +196,69 @@ def main() -> None:
     with torch.no_grad():
         diff = (ours(**inputs)["encoder_out"] - official(**inputs)["encoder_out"]).abs().max().item()
     ours.train(), official.train()
+    flops = {"train": counted_flops(ours, inputs, True), "inference": counted_flops(ours.eval(), inputs, False)}
+    ours.train()
+    num_image = config.num_patches + 1 if "visual_tokens" in inputs else 0
+    num_text = args.text_len if "textual_tokens" in inputs else 0
+    gemm = {kind: gemm_rate(linear_gemm_shapes(config, args.batch, num_image, num_text, kind == "train"))
+            for kind in ("train", "inference")}
 
-    peak_before = gemm_rate()
     models = {"ours": ours, "torchscale": official}
-    train = {name: [] for name in models}
-    infer = {name: [] for name in models}
+    times = {kind: {name: [] for name in models} for kind in ("train", "inference")}
     for name, model in models.items():  # warm-up
         time_train_step(model, inputs)
         time_inference(model, inputs)
-    for _ in range(args.rounds):
-        for name, model in models.items():
-            train[name].append(time_train_step(model, inputs))
-        for name, model in models.items():
-            model.eval()
-            infer[name].append(time_inference(model, inputs))
-            model.train()
+    for round_index in range(args.rounds):
+        order = list(models) if round_index % 2 == 0 else list(reversed(models))  # neither always goes first
+        for name in order:
+            times["train"][name].append(time_train_step(models[name], inputs))
+        for name in order:
+            models[name].eval()
+            times["inference"][name].append(time_inference(models[name], inputs))
+            models[name].train()
+    load_after = os.getloadavg()[0]
+    # Best of a measurement before and one after the rounds: another job's burst must not lower the peak.
+    gemm = {kind: max(rate, gemm_rate(linear_gemm_shapes(config, args.batch, num_image, num_text, kind == "train")))
+            for kind, rate in gemm.items()}
 
-    gemm = max(gemm_rate(), peak_before)
-    num_image = config.num_patches + 1 if "visual_tokens" in inputs else 0
-    num_text = args.text_len if "textual_tokens" in inputs else 0
-    flops = forward_flops(config, args.batch, num_image, num_text)
+    info = machine()
+    print(f"machine: {info['cpu']} | {info['logical_cores']} logical cores | threads {info['threads']} | "
+          f"torch {info['torch']} | torchscale {info['torchscale']}")
+    print(f"load average (1 min) before/after: {load_before:.1f}/{load_after:.1f} "
+          f"({'shared' if max(load_before, load_after) > info['threads'] + 0.5 else 'no other load seen'})")
     print(f"model {args.model} | inputs {args.inputs} | batch {args.batch} | tokens {num_image + num_text} | "
-          f"threads {torch.get_num_threads()} | torch {torch.__version__}")
+          f"rounds {args.rounds}")
     print(f"max |ours - torchscale| on the same weights and inputs: {diff:.2e}")
-    print(f"fp32 GEMM rate of this machine: {gemm / 1e9:.1f} GFLOP/s")
-    print(f"{'':22s}{'ours':>12s}{'torchscale':>12s}{'ratio':>8s}")
-    for label, times, work in (("train step (samples/s)", train, 3 * flops), ("inference (samples/s)", infer, flops)):
-        ours_s, ts_s = statistics.median(times["ours"]), statistics.median(times["torchscale"])
-        print(f"{label:22s}{args.batch / ours_s:12.2f}{args.batch / ts_s:12.2f}{ts_s / ours_s:7.2f}x")
-        print(f"{'  achieved GFLOP/s':22s}{work / ours_s / 1e9:12.1f}{work / ts_s / 1e9:12.1f}"
-              f"   (ours = {100 * work / ours_s / gemm:.0f}% of GEMM peak)")
+    summary = {}
+    print(f"{'':24s}{'ours':>10s}{'torchscale':>12s}{'ratio (median, min-max)':>26s}{'% of GEMM rate':>16s}")
+    for kind in ("train", "inference"):
+        ours_t, ts_t = times[kind]["ours"], times[kind]["torchscale"]
+        ratios = [t / o for o, t in zip(ours_t, ts_t)]
+        ours_rate = flops[kind] / statistics.median(ours_t)
+        ts_rate = flops[kind] / statistics.median(ts_t)
+        summary[kind] = {
+            "ours_samples_per_s": args.batch / statistics.median(ours_t),
+            "torchscale_samples_per_s": args.batch / statistics.median(ts_t),
+            "ratio": spread(ratios), "flops": flops[kind], "gemm_rate_flops": gemm[kind],
+            "ours_share_of_gemm_rate": ours_rate / gemm[kind], "torchscale_share_of_gemm_rate": ts_rate / gemm[kind],
+        }
+        r = summary[kind]["ratio"]
+        print(f"{kind + ' (samples/s)':24s}{summary[kind]['ours_samples_per_s']:10.2f}"
+              f"{summary[kind]['torchscale_samples_per_s']:12.2f}"
+              f"{r['median']:11.2f}x ({r['min']:.2f}-{r['max']:.2f})"
+              f"{100 * ours_rate / gemm[kind]:9.0f}% vs{100 * ts_rate / gemm[kind]:4.0f}%")
+    print(f"GEMM rate at the model's linear shapes: train {gemm['train'] / 1e9:.1f}, inference "
+          f"{gemm['inference'] / 1e9:.1f} GFLOP/s; FLOPs per step: train {flops['train'] / 1e9:.1f}, "
+          f"inference {flops['inference'] / 1e9:.1f} GFLOP")
+
+    out = Path(args.out or f"results/benchmarks/bench_backbone_{args.inputs}_b{args.batch}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "machine": info, "load_average_1min": [load_before, load_after],
+        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "tokens": num_image + num_text,
+        "max_abs_diff": diff, "seconds_per_round": times, "summary": summary,
+    }, indent=2))
+    print(f"raw numbers: {out}")
 
 
 if __name__ == "__main__":

@@ -1,19 +1,23 @@
 """One prepared GPU check (run on a lent GPU machine): parity, speed and memory against torchscale.
 
-    python benchmarks/gpu_check.py OUT_DIR
+    python benchmarks/gpu_check.py [OUT_DIR]     # default results/benchmarks
 
 1. parity: our base model vs torchscale's on the same weights and inputs, fp32 (TF32 off) and bf16;
 2. speed: training step (fwd+bwd) and inference, bf16 autocast, alternating rounds, base 224,
-   image+text pairs and image only; achieved TFLOP/s;
+   image+text pairs and image only; per-round times, FLOPs counted with torch.utils.flop_counter and
+   model FLOPs utilisation (MFU) against the card's stated dense bf16 peak (PEAK_BF16_TFLOPS, named
+   in the JSON; GPU_CHECK_PEAK_TFLOPS overrides it);
 3. memory: peak memory of a training step with and without activation checkpointing;
-4. the trainer on CUDA: a few steps of the toy task in bf16 and fp16 (GradScaler).
-Writes OUT_DIR/gpu_check.json and prints a summary.
+4. the trainer on CUDA: a few steps of the toy task in bf16 and fp16 (GradScaler), with the host
+   syncs of the loop counted by torch.cuda.set_sync_debug_mode("warn").
+Writes OUT_DIR/gpu_check_<gpu>_torch<version>.json and prints a summary.
 """
 from __future__ import annotations
 
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,12 +27,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests" / "harness"), str(ROOT / ".gpu_deps")]
 
 import backbones  # noqa: E402
-from bench_backbone import forward_flops, make_inputs, official_model  # noqa: E402
+from bench_backbone import counted_flops, make_inputs, official_model  # noqa: E402
 
 import os  # noqa: E402
 
 DEVICE = torch.device(os.environ.get("GPU_CHECK_DEVICE", "cuda"))  # "cpu" for a dry run of this script
 SCALE = int(os.environ.get("GPU_CHECK_BATCH_DIVISOR", "1"))
+# Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s.
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "A100": 312.0}
+
+
+def peak_tflops(gpu: str) -> tuple[float | None, str]:
+    if os.environ.get("GPU_CHECK_PEAK_TFLOPS"):
+        return float(os.environ["GPU_CHECK_PEAK_TFLOPS"]), "GPU_CHECK_PEAK_TFLOPS"
+    for name, peak in PEAK_BF16_TFLOPS.items():
+        if name in gpu:
+            return peak, f"{name} dense bf16 data-sheet peak"
+    return None, "unknown card: set GPU_CHECK_PEAK_TFLOPS"
 
 
 def to_device(inputs):
@@ -81,7 +96,7 @@ def parity(ours, official, config):
     }
 
 
-def speed(ours, official, config, kind, batch, rounds=5):
+def speed(ours, official, config, kind, batch, peak, rounds=5):
     batch, rounds = max(1, batch // SCALE), (rounds if SCALE == 1 else 1)
     inputs = to_device(make_inputs(config, batch, kind, 64))
     models = {"ours": ours, "torchscale": official}
@@ -91,21 +106,28 @@ def speed(ours, official, config, kind, batch, rounds=5):
             infer(model, inputs)
     train = {n: [] for n in models}
     inference = {n: [] for n in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            train[name].append(timed(train_step, model, inputs))
-        for name, model in models.items():
-            inference[name].append(timed(infer, model, inputs))
-    num_image = config.num_patches + 1 if kind in ("pair", "image") else 0
-    num_text = 64 if kind in ("pair", "text") else 0
-    flops = forward_flops(config, batch, num_image, num_text)
-    out = {"inputs": kind, "batch": batch}
-    for label, times, work in (("train", train, 3 * flops), ("inference", inference, flops)):
+    for round_index in range(rounds):
+        order = list(models) if round_index % 2 == 0 else list(reversed(models))
+        for name in order:
+            train[name].append(timed(train_step, models[name], inputs))
+        for name in order:
+            inference[name].append(timed(infer, models[name], inputs))
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        flops = {"train": counted_flops(ours, inputs, True), "inference": counted_flops(ours.eval(), inputs, False)}
+    ours.train()
+    out = {"inputs": kind, "batch": batch, "seconds_per_round": {"train": train, "inference": inference}}
+    for label, times in (("train", train), ("inference", inference)):
         ours_s, ts_s = statistics.median(times["ours"]), statistics.median(times["torchscale"])
+        ratios = [t / o for o, t in zip(times["ours"], times["torchscale"])]
         out[label] = {
             "ours_samples_per_s": batch / ours_s, "torchscale_samples_per_s": batch / ts_s,
-            "ratio": ts_s / ours_s, "ours_tflops": work / ours_s / 1e12, "torchscale_tflops": work / ts_s / 1e12,
+            "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "flops": flops[label], "ours_tflops": flops[label] / ours_s / 1e12,
+            "torchscale_tflops": flops[label] / ts_s / 1e12,
         }
+        if peak:
+            out[label]["ours_mfu"] = flops[label] / ours_s / 1e12 / peak
+            out[label]["torchscale_mfu"] = flops[label] / ts_s / 1e12 / peak
     return out
 
 
@@ -136,22 +158,35 @@ def memory(config, batch):
 
 
 def trainer_on_cuda(out_dir: Path):
+    import warnings
+
     from harness.distributed import init_distributed
     from toy_training import run
 
     info = init_distributed()
     results = {}
     for precision in ("bf16", "fp16"):
-        result = run(out_dir / precision, 6, info=info, precision=precision, log_interval=3)
-        results[precision] = {"step": result.step, "loss": result.losses.get("loss")}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if DEVICE.type == "cuda":
+                torch.cuda.set_sync_debug_mode("warn")
+            try:
+                result = run(out_dir / precision, 6, info=info, precision=precision, log_interval=3)
+            finally:
+                if DEVICE.type == "cuda":
+                    torch.cuda.set_sync_debug_mode("default")
+        syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+        # includes model init, checkpointing and fp16's GradScaler.step; 6 steps, 2 of them logged
+        results[precision] = {"step": result.step, "loss": result.losses.get("loss"), "host_syncs_in_run": len(syncs)}
     return results
 
 
 def main():
-    out_dir = Path(sys.argv[1] if len(sys.argv) > 1 else "gpu_check_out")
+    out_dir = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "results" / "benchmarks")
     out_dir.mkdir(parents=True, exist_ok=True)
     gpu = torch.cuda.get_device_name(0) if DEVICE.type == "cuda" else "cpu (dry run)"
-    report = {"torch": torch.__version__, "gpu": gpu}
+    peak, peak_source = peak_tflops(gpu)
+    report = {"torch": torch.__version__, "gpu": gpu, "peak_bf16_tflops": peak, "peak_source": peak_source}
     torch.manual_seed(0)
     ours = backbones.create_model("beit3_base_patch16_224").to(DEVICE)
     config = ours.config
@@ -160,17 +195,20 @@ def main():
     report["parity"] = parity(ours, official, config)
     print("parity", report["parity"], flush=True)
     torch.backends.cuda.matmul.allow_tf32 = True
-    report["speed"] = [speed(ours, official, config, "pair", 64), speed(ours, official, config, "image", 128)]
+    report["speed"] = [speed(ours, official, config, "pair", 64, peak), speed(ours, official, config, "image", 128, peak)]
     for row in report["speed"]:
-        print("speed", row, flush=True)
+        print("speed", {k: v for k, v in row.items() if k != "seconds_per_round"}, flush=True)
     del ours, official
     if DEVICE.type == "cuda":
         torch.cuda.empty_cache()
         report["memory_gib"] = memory(config, 64)
         print("memory", report["memory_gib"], flush=True)
-    report["trainer"] = trainer_on_cuda(out_dir / "trainer")
+    report["trainer"] = trainer_on_cuda(Path(tempfile.mkdtemp(prefix="gpu_check_trainer_")))
     print("trainer", report["trainer"], flush=True)
-    (out_dir / "gpu_check.json").write_text(json.dumps(report, indent=2))
+    slug = "".join(c if c.isalnum() else "_" for c in gpu).strip("_")
+    path = out_dir / f"gpu_check_{slug}_torch{torch.__version__.split('+')[0]}.json"
+    path.write_text(json.dumps(report, indent=2))
+    print("raw numbers:", path)
 
 
 if __name__ == "__main__":

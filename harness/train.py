@@ -33,9 +33,10 @@ from .checkpointing import (
     training_state,
 )
 from .config import TrainConfig, run_identity, train_config_hash
-from .distributed import DistInfo, all_reduce_mean, full_state, gather_objects, unwrap, wrap_parallel
+from .distributed import DistInfo, full_state, gather_objects, unwrap, wrap_parallel
 from .optim import WarmupCosineSchedule, build_optimizer
 from .seeding import seed_everything
+from .step_log import LogWindow
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -135,7 +136,7 @@ def train(
         from tqdm import tqdm
 
         progress = tqdm(total=cfg.max_steps, initial=step, desc=cfg.run_name or cfg.task, dynamic_ncols=True, file=sys.stderr)
-    sums: dict[str, float] = {}
+    window = LogWindow(device)
     window_samples, window_start = 0, time.perf_counter()
     run_start, samples_seen, last_ckpt, weights = time.perf_counter(), 0, "", ""
     model.train()
@@ -151,46 +152,43 @@ def train(
             with sync, autocast_context(cfg.precision, device):
                 out = step_fn(model, batch) if step_fn is not None else model(batch, **cfg.forward_kwargs)
                 loss = out["loss"] / cfg.grad_accum_steps
-            finite = all_reduce_mean(torch.isfinite(loss.detach()).float(), info)
-            if finite.item() < 1.0:
-                raise NonFiniteLossError(
-                    f"non-finite loss ({loss.item()}) at step {step + 1}; the last good checkpoint "
-                    f"({latest_checkpoint(cfg.out_dir) or 'none'}) is kept"
-                )
+            window.add_outputs(out, loss, cfg.grad_accum_steps, step + 1)  # checked on the device, read at the log step
             scaler.scale(loss).backward()
-            for key, value in out.items():
-                if isinstance(value, torch.Tensor) and value.numel() == 1:
-                    sums[key] = sums.get(key, 0.0) + value.detach().float().item() / cfg.grad_accum_steps
 
         # clip, step, zero
         scaler.unscale_(optimizer)
         params = [p for p in model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad if cfg.clip_grad > 0 else math.inf)
         # With fp16 loss scaling an overflow is routine: the scaler skips the step and lowers the scale.
-        if not torch.isfinite(grad_norm) and not scaler.is_enabled():
-            raise NonFiniteLossError(f"non-finite gradient norm at step {step + 1}; the last good checkpoint is kept")
+        window.add_grad_norm(grad_norm, step + 1, must_be_finite=not scaler.is_enabled())
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
         step += 1
-        if torch.isfinite(grad_norm):
-            sums["grad_norm"] = sums.get("grad_norm", 0.0) + grad_norm.item()
-        sums["_steps"] = sums.get("_steps", 0.0) + 1
+
+        # The host reads the device (one sync) only here: a non-finite loss or gradient norm since the
+        # last read stops the run before its state is logged or saved; the last good checkpoint is kept.
+        log_due = step % cfg.log_interval == 0 or step == cfg.max_steps
+        if log_due or step % cfg.ckpt_interval == 0:
+            averages, bad_step = window.read(info)
+            if bad_step is not None:
+                raise NonFiniteLossError(
+                    f"non-finite loss or gradient norm at step {bad_step} (stopped at step {step}); the last good "
+                    f"checkpoint ({latest_checkpoint(cfg.out_dir) or 'none'}) is kept"
+                )
 
         # log: averages over the window, lr and throughput
-        if step % cfg.log_interval == 0 or step == cfg.max_steps:
+        if log_due:
             elapsed = time.perf_counter() - window_start
-            count = sums.pop("_steps")
-            logged = {k: v / count for k, v in sums.items()}
-            logged = {k: all_reduce_mean(torch.tensor(v, device=device), info).item() for k, v in logged.items()}
+            logged = dict(averages)
             logged.update(lr=lr, samples_per_s=window_samples / max(elapsed, 1e-9))
             samples_seen += window_samples
             if tracker is not None and info.is_main:
                 tracker.log_metrics(logged, step=step)
             if progress is not None:
                 progress.set_postfix(loss=f"{logged['loss']:.4f}", lr=f"{lr:.2e}", sps=f"{logged['samples_per_s']:.1f}")
-            sums, window_samples, window_start = {}, 0, time.perf_counter()
+            window, window_samples, window_start = LogWindow(device), 0, time.perf_counter()
 
         # save: atomically, every ckpt_interval steps and at the end
         if step % cfg.ckpt_interval == 0 or step == cfg.max_steps:
