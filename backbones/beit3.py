@@ -355,12 +355,19 @@ class EncoderLayer(nn.Module):
 
     def forward(
         self,
-        x: torch.Tensor,
-        split_position: int,
+        x: torch.Tensor | Streams,
+        split_position: int | None = None,
         attn_bias: torch.Tensor | None = None,
         incremental_state: dict[str, Any] | None = None,
         use_vl: bool = False,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | Streams:
+        """``x`` joined (split at ``split_position``) returns joined; modality streams return streams.
+
+        The encoder passes streams through ``__call__``, not ``forward_streams``, so that module hooks
+        (FSDP's unsharding of the layer's parameters) run.
+        """
+        if isinstance(x, list):
+            return self.forward_streams(x, attn_bias, incremental_state, use_vl)
         streams = self.forward_streams(to_streams(x, split_position), attn_bias, incremental_state, use_vl)
         return join_streams(streams)
 
@@ -492,10 +499,10 @@ class Encoder(nn.Module):
                     use_vl = layer_state.setdefault("vl_input", use_vl)
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 streams = torch.utils.checkpoint.checkpoint(
-                    layer.forward_streams, streams, attn_bias, layer_state, use_vl, use_reentrant=False
+                    layer, streams, None, attn_bias, layer_state, use_vl, use_reentrant=False
                 )
             else:
-                streams = layer.forward_streams(streams, attn_bias, layer_state, use_vl)
+                streams = layer(streams, None, attn_bias, layer_state, use_vl)
             if return_all_hiddens:
                 states.append(join_streams(streams))
 

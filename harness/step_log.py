@@ -39,6 +39,8 @@ class LogWindow:
 
     def add_grad_norm(self, grad_norm: torch.Tensor, step: int, must_be_finite: bool) -> None:
         """Non-finite norms count as 0; they stop training unless a loss scaler skips such steps."""
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor (reduced over ranks on the device)
+            grad_norm = grad_norm.full_tensor()
         grad_norm = grad_norm.detach().float()
         if must_be_finite:
             self._mark_nonfinite(grad_norm, step)
