@@ -28,6 +28,7 @@ N_RESAMPLES = 2000
 CONFIDENCE = 0.95
 RNG_SEED = 0
 _MAX_CELLS = 1 << 24  # replicates x clusters per block of the multinomial draws (memory bound)
+DIGITS = 9  # decimals of the displayed unit kept; below that a difference is float noise
 
 DIFFERENCE_COLUMNS = ("task", "evaluation", "split", "metric", "row", "label", "recipe_a", "recipe_b", "seeds",
                       "clusters", "items", "estimate", "ci_low", "ci_high", "values_a", "values_b", "note")
@@ -156,8 +157,9 @@ def paired_bootstrap(frames_a: Sequence[pd.DataFrame], frames_b: Sequence[pd.Dat
         else:
             replicates.append(_replicate_means(rng, sums_a, counts, size) - _replicate_means(rng, sums_b, counts, size))
     alpha = (1.0 - confidence) / 2
-    low, high = np.quantile(np.concatenate(replicates), [alpha, 1.0 - alpha])
-    return Difference(float(np.mean(values_a - values_b)), float(low), float(high), tuple(map(float, values_a)),
+    # Rounded so that float noise of equal scores (1e-17) reads as 0, not as a difference.
+    low, high = np.round(np.quantile(np.concatenate(replicates), [alpha, 1.0 - alpha]), DIGITS)
+    return Difference(float(np.round(np.mean(values_a - values_b), DIGITS)), float(low), float(high), tuple(map(float, values_a)),
                       tuple(map(float, values_b)), len(counts), items)
 
 

@@ -163,3 +163,13 @@ def test_differences_render_with_verdicts_seeds_and_mean_std(easiness, accuracy_
     assert f"| {mean:.2f} ± {std:.2f} |" in beit3_vs_none  # mean ± std stays a column
     estimate = differences.loc[1, "estimate"]
     assert f"| {estimate:+.2f} [" in beit3_vs_none
+
+
+def test_equal_scores_with_float_noise_are_no_difference():
+    rng = np.random.default_rng(0)
+    scores = rng.random(40) * 0.3
+    a = pd.DataFrame({"item_id": [str(i) for i in range(40)], "cluster_id": [str(i // 2) for i in range(40)],
+                      "score": scores})
+    b = a.assign(score=scores + 1e-13)  # the same scores up to float noise (sums in another order)
+    found = stats.paired_bootstrap([a], [b], "score", scale=100.0)
+    assert found.estimate == 0.0 and found.low == 0.0 and found.high == 0.0
