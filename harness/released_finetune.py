@@ -61,9 +61,13 @@ def released_finetune_config(name: str, size: str, weights: str = WEIGHTS, seed:
     cfg = finetune_config(task, "beit3", profile, seed, variant=variant)
     drop = list(KEEP_HEADS.get(task, cfg.init_drop))
     run_name = "-".join([name, size, "from-released", "paper", f"seed{seed}"])
+    # The released weights are the official code's layout (the harness's own recipes build the paper
+    # layout); their heads already carry the official names, so nothing is renamed.
+    architecture = {k: v for k, v in cfg.model_overrides.items() if k != "vl_ffn_layers"}
     return dataclasses.replace(
-        cfg, init_from=f"{weights}/{init_checkpoint(task, size)}", init_drop=drop, parent_config_hash="",
-        run_name=run_name, out_dir=f"runs/{run_name}", profile="paper",
+        cfg, model_overrides={**architecture, "layout": "released"}, init_from=f"{weights}/{init_checkpoint(task, size)}",
+        init_drop=drop, init_rename={}, parent_config_hash="", run_name=run_name, out_dir=f"runs/{run_name}",
+        profile="paper",
     )
 
 

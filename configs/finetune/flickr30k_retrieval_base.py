@@ -3,11 +3,12 @@
 # tests/harness/test_eval.py checks that it still matches. Run: python -m harness.train <this file>
 task = 'retrieval'
 model = 'beit3_base_patch16_224'
-model_overrides = {'drop_path_rate': 0.2, 'img_size': 384}
+model_overrides = {'drop_path_rate': 0.2, 'img_size': 384, 'layout': 'released'}
 data = {'dataset': 'flickr30k', 'root': 'data/flickr30k', 'tokenizer': 'beit3.spm'}
 forward_kwargs = {}
 init_from = 'weights/beit3_base_itc_patch16_224.pth'
 init_drop = ['mlm_head.*', 'mim_head.*']
+init_rename = {}
 trainable = ''
 seed = 0
 max_steps = 100
@@ -39,3 +40,4 @@ experiment = 'beit3-finetune'
 run_name = 'flickr30k_retrieval-base-from-released-paper-seed0'
 parent_run_id = ''
 parent_config_hash = ''
+parent_weights_sha256 = ''

@@ -3,7 +3,7 @@
 # tests/harness/test_eval.py checks that it still matches. Run: python -m harness.train <this file>
 task = 'imagenet'
 model = 'beit3_large_patch16_224'
-model_overrides = {'drop_path_rate': 0.25, 'img_size': 224, 'num_classes': 1000}
+model_overrides = {'drop_path_rate': 0.25, 'img_size': 224, 'layout': 'released', 'num_classes': 1000}
 data = {'root': 'data/imagenet', 'tokenizer': 'beit3.spm'}
 forward_kwargs = {}
 init_from = 'weights/beit3_large_patch16_224.pth'
@@ -15,6 +15,7 @@ init_drop = ['mlm_head.*',
  'beit3.encoder.layer_norm.*',
  'fc_norm.*',
  'head.*']
+init_rename = {}
 trainable = ''
 seed = 0
 max_steps = 100
@@ -46,3 +47,4 @@ experiment = 'beit3-finetune'
 run_name = 'imagenet-large-from-released-paper-seed0'
 parent_run_id = ''
 parent_config_hash = ''
+parent_weights_sha256 = ''

@@ -3,7 +3,7 @@
 # tests/harness/test_eval.py checks that it still matches. Run: python -m harness.train <this file>
 task = 'vqav2'
 model = 'beit3_base_patch16_224'
-model_overrides = {'drop_path_rate': 0.1, 'img_size': 480, 'num_classes': 3129}
+model_overrides = {'drop_path_rate': 0.1, 'img_size': 480, 'layout': 'released', 'num_classes': 3129}
 data = {'root': 'data/vqav2', 'tokenizer': 'beit3.spm'}
 forward_kwargs = {}
 init_from = 'weights/beit3_base_patch16_224.pth'
@@ -15,6 +15,7 @@ init_drop = ['mlm_head.*',
  'beit3.encoder.layer_norm.*',
  'pooler.*',
  'head.*']
+init_rename = {}
 trainable = ''
 seed = 0
 max_steps = 100
@@ -46,3 +47,4 @@ experiment = 'beit3-finetune'
 run_name = 'vqav2-base-from-released-paper-seed0'
 parent_run_id = ''
 parent_config_hash = ''
+parent_weights_sha256 = ''

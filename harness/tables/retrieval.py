@@ -51,13 +51,10 @@ class RetrievalTable(TableSpec):
                     result, prefix = self.measure(recipe, dataset, profile, seed, options.nproc, options.ablation)
                     annotations[f"{recipe}.seed{seed}.{dataset}"] = run_note(result)
                     keys = [f"{prefix}.{recall}" for recall in RECALLS]
-                    missing = [k for k in keys if k not in result.metrics]
-                    if missing:
-                        raise KeyError(f"{result.run.name}: no metric {missing[0]!r} (got {sorted(result.metrics)})")
                     records += finetune_measurements(
                         recipe, seed, "retrieval", result.metrics, keys, result.run.run_id,
                         row_of=lambda key, d=dataset: f"{d}.{key.rsplit('.', 1)[-1]}",
-                        label_of=lambda key, d=dataset: f"{d} {key.rsplit('.', 1)[-1]}")
+                        label_of=lambda key, d=dataset: f"{d} {key.rsplit('.', 1)[-1]}", required_by=result.run.name)
         records += chance_rows(profile)
         groups = {**{r: RECIPE_TITLES[r] for r in options.recipes}, "chance": CHANCE_TITLE}
         return TableResult.of(self.name, records, groups, annotations)

@@ -164,7 +164,7 @@ def _run_and_record(spec, profile, options, plan, config, paper, out_dir, result
         csv_path = write_atomic(Path(results_dir) / f"{spec.name}.csv", csv_text)
         run.log_metrics(result.metrics())
         run.log_text(markdown, f"{spec.name}.md")
-        run.log_text(csv_text, TABLE_FRAME_ARTIFACT)
+        run.log_text(render.to_csv(result.frame), TABLE_FRAME_ARTIFACT)
         if not result.differences.empty:
             run.log_text(render.to_csv(result.differences), TABLE_DIFFERENCES_ARTIFACT)
         experiments = recorded_experiments(plan, tracking_uri)

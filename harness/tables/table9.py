@@ -50,13 +50,10 @@ class Table9(TableSpec):
                                              ablation=options.ablation, nproc=options.nproc)
                     annotations[f"{recipe}.seed{seed}.{mode}"] = run_note(result)
                     keys = [f"eval.test.{metric}" for metric in METRICS]
-                    missing = [k for k in keys if k not in result.metrics]
-                    if missing:
-                        raise KeyError(f"{result.run.name}: no metric {missing[0]!r} (got {sorted(result.metrics)})")
                     records += finetune_measurements(
                         recipe, seed, "imagenet", result.metrics, keys, result.run.run_id,
                         row_of=lambda key, m=mode: f"{m}.{key.rsplit('.', 1)[-1]}",
-                        label_of=lambda key, t=title: f"{t} {key.rsplit('.', 1)[-1]}")
+                        label_of=lambda key, t=title: f"{t} {key.rsplit('.', 1)[-1]}", required_by=result.run.name)
         records += majority_rows(profile)
         groups = {**{r: RECIPE_TITLES[r] for r in options.recipes}, "majority": MAJORITY_TITLE}
         return TableResult.of(self.name, records, groups, annotations)

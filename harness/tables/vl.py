@@ -34,7 +34,7 @@ def run_note(result: Any) -> str:
 
 
 def finetune_measurements(group: str, seed: int, task: str, metrics: Mapping[str, float], keys: Iterable[str],
-                          run_id: str, row_of=None, label_of=None) -> list[dict[str, Any]]:
+                          run_id: str, row_of=None, label_of=None, required_by: str = "") -> list[dict[str, Any]]:
     """The measured numbers of one finetune (or zero-shot evaluation), in display units.
 
     Args:
@@ -46,10 +46,13 @@ def finetune_measurements(group: str, seed: int, task: str, metrics: Mapping[str
         run_id: the run that measured them.
         row_of: key -> row id (default ``<task>.<split>.<metric>``).
         label_of: key -> label (default ``<split> <metric>``).
+        required_by: the run's name, where every key must be there: a missing one raises ``KeyError``.
     """
     records = []
     for key in keys:
         if key not in metrics:
+            if required_by:
+                raise KeyError(f"{required_by}: no metric {key!r} (got {sorted(metrics)})")
             continue
         evaluation, split, metric = split_key(key)
         scale = metric_spec(task, metric).scale
