@@ -37,9 +37,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import pandas as pd
+
 from harness import tracking
 from harness.ablation import Ablation
 from harness.gitinfo import PACKAGE_ROOT
+from harness.per_item import log_per_item
 from harness.profiles import Profile
 from tasks.atomic import atomic_path
 
@@ -661,6 +664,7 @@ def run_dense(
     if parent_hash is not None:
         run_tags["parent_config_hash"] = parent_hash
 
+    per_item_split, per_item_file = _per_image_evaluation(cfg, mode)
     unique = uuid.uuid4().hex[:12]
     cfg.experiment_name = f"{re.sub(r'[^A-Za-z0-9_.-]', '_', run_name)}-{unique}"
     cfg.visualizer = _visualizer(cfg, unique, uri, experiment, run_name, run_tags)
@@ -691,10 +695,28 @@ def run_dense(
     trained = _last_checkpoint(work) if mode == "train" else None
     if trained is not None:
         client.set_tag(store["run_id"], "model_checkpoint", str(trained.resolve()))
+    if per_item_file is not None and per_item_file.is_file():
+        items = pd.read_csv(per_item_file, dtype={"item_id": str, "cluster_id": str, "prediction": str},
+                            keep_default_na=False)
+        log_per_item(store["run_id"], per_item_split, items, tracking_uri=uri)
     # Written last: a run with metrics.json is complete, and only such a run is reused.
     client.log_text(store["run_id"], json.dumps(store["metrics"], indent=2, sort_keys=True) + "\n", "metrics.json")
     return DenseResult(metrics=dict(store["metrics"]), run_id=store["run_id"], config_hash=digest, work_dir=work,
                        checkpoint=trained, wall_s=wall)
+
+
+def _per_image_evaluation(cfg: Any, mode: str) -> tuple[str, Path | None]:
+    """Point a segmentation config's ``IoUMetric`` at ``harness.dense_items`` (after the config hash:
+    where the counts go is not part of the run's identity); returns the split it evaluates and the file."""
+    split = "val" if mode == "train" else "test"
+    evaluator = cfg.get(f"{split}_evaluator")
+    if not isinstance(evaluator, Mapping) or evaluator.get("type") != "IoUMetric":
+        return split, None
+    from harness.dense_items import register
+
+    target = Path(cfg.work_dir) / "per_item" / f"{split}.csv.gz"
+    cfg[f"{split}_evaluator"] = {**evaluator, "type": register(), "per_item_file": str(target)}
+    return split, target
 
 
 def _reusable(uri: str, experiment: str, digest: str, mode: str) -> DenseResult | None:

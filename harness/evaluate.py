@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 import tasks
+from tasks.atomic import write_atomic
 from tasks.spec import ITEM_COLUMNS, EvalResult
 
 from .profiles import unknown_name_error
@@ -192,12 +193,6 @@ def run_task_evaluation(task: str, model: torch.nn.Module, data: Mapping[str, An
     if batch_size:
         kwargs["batch_size"] = batch_size
     return tasks.get_task(task).evaluate(model, dict(data), **kwargs)
-
-
-def write_atomic(path: Path, text: str) -> Path:
-    from .tables import write_atomic as write  # lazy: harness.tables imports this module's table
-
-    return write(path, text)
 
 
 def _check_items(items: pd.DataFrame, task: str) -> pd.DataFrame:

@@ -13,6 +13,8 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 import backbones  # noqa: E402
 from harness import dense, tracking  # noqa: E402
+from harness.dense_items import aggregates_from_items  # noqa: E402
+from harness.per_item import load_per_item  # noqa: E402
 from harness.profiles import get_profile  # noqa: E402
 from harness.world import build_world  # noqa: E402
 
@@ -79,6 +81,12 @@ def test_upernet_trains_then_tests_multi_scale_from_its_checkpoint(tmp_path, wor
     trained = _run("seg/beit3_upernet_mini", tmp_path / "train", world, store, pretrained, "ade")
     assert 0.0 <= trained.metrics["mIoU"] <= 100.0
     _check_lineage(store, trained, pretrained[1])
+    # Per-image counts in the run: the aggregates are their sums, equal to mmseg's.
+    items = load_per_item(trained.run_id, "val", tracking_uri=store)
+    assert len(items) == len(list((world / "ade" / "images" / "validation").iterdir()))
+    assert items["item_id"].is_unique and items["pixel_accuracy"].between(0, 1).all()
+    recomputed = aggregates_from_items(items)
+    assert recomputed == pytest.approx({k: trained.metrics[k] for k in ("aAcc", "mIoU")}, abs=1e-4)  # MLflow: float32
     # load_from goes through torch.load(weights_only=True): the compat safe globals make it work.
     tested = dense.run_dense("seg/beit3_upernet_mini", work_dir=tmp_path / "tta", run_name="test/tta",
                              profile="smoke", mode="test", load_from=trained.checkpoint, tta=True,
