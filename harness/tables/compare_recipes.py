@@ -18,7 +18,8 @@ import pandas as pd
 
 from harness import report
 from harness.ablation import ablation_label
-from harness.experiments import RunRecord, pretraining_configs
+from harness.budget import run_cost
+from harness.experiments import RunRecord, pretraining_configs, recipe_configs
 from harness.finetune import ensure_finetune, ensure_parents, itc_config, plan_finetunes, zero_shot_retrieval
 from harness.profiles import Profile
 from harness.tables import render
@@ -102,8 +103,9 @@ def summarize(differences: pd.DataFrame, labels: Mapping[str, str], seeds: int) 
     return " ".join(sentences)
 
 
-def compute_rows(recipe: str, seed: int, records: Sequence[RunRecord]) -> list[dict[str, Any]]:
-    """What each pretraining stage consumed (its run's ``data.*`` metrics, as table3 reads them)."""
+def compute_rows(recipe: str, seed: int, records: Sequence[RunRecord], flops: Sequence[float]) -> list[dict[str, Any]]:
+    """What each pretraining stage consumed: its run's ``data.*`` metrics (as table3 reads them) and
+    ``flops``, the stage's counted pretraining FLOPs (``harness.budget.run_cost``)."""
     def row(name: str, value: float) -> dict[str, Any]:
         return measurement(recipe, f"pretrain.{name}", value, label=name.rsplit(".", 1)[-1], recipe=recipe,
                            seed=seed, metric=name.rsplit(".", 1)[-1])
@@ -113,6 +115,7 @@ def compute_rows(recipe: str, seed: int, records: Sequence[RunRecord]) -> list[d
         samples = sum(record.metrics.get(f"data.{name}", 0.0) for name in COUNTS)
         rows += [row(f"stage{stage}.steps", record.metrics.get("data.steps", 0.0)),
                  row(f"stage{stage}.samples", samples)]
+    rows.append(row("flops", float(sum(flops))))
     for name in COUNTS:
         rows.append(row(name, sum(r.metrics.get(f"data.{name}", 0.0) for r in records)))
     return rows
@@ -143,7 +146,8 @@ class CompareRecipes(TableSpec):
         for recipe in options.recipes:
             for seed in range(options.seeds):
                 parents = ensure_parents(recipe, profile, seed, None, nproc, ablation)
-                records += compute_rows(recipe, seed, parents)
+                configs = recipe_configs(recipe, profile, seed, ablation) if parents else []
+                records += compute_rows(recipe, seed, parents, [run_cost(cfg, nproc)[1] for cfg in configs])
                 results = {measure: ensure_finetune(task, recipe, profile, seed, variant=variant, ablation=ablation,
                                                     nproc=nproc) for measure, task, variant in FINETUNES}
                 results["zeroshot"] = zero_shot_retrieval(recipe, ZERO_SHOT, profile, seed, ablation=ablation,
@@ -182,9 +186,10 @@ class CompareRecipes(TableSpec):
             render.paragraph(f"Profile {profile}, {seeds} seed(s) per recipe, paired (the same seed gives every "
                              f"recipe the same finetune data order); pretraining {pretraining}"),
             render.heading("Pretraining compute"),
-            render.paragraph("What each recipe's pretraining consumed (seed 0): optimizer steps, samples per step "
-                             "and samples seen per stream; the budget the profile matches is set in "
-                             "harness/profiles.py."),
+            render.paragraph("What each recipe's pretraining consumed (seed 0): optimizer steps, samples per step, "
+                             "samples seen per stream and FLOPs (forward + backward per optimizer step, counted with "
+                             "FlopCounterMode; harness/budget.py), which the recipes are matched on unless "
+                             "--ablation budget=samples|steps."),
             self._compute_table(frame, recipes),
             render.heading("Results"),
             render.paragraph("Mean ± sample std over seeds, then each seed's value in seed order (display units of "
@@ -215,6 +220,7 @@ class CompareRecipes(TableSpec):
                 per_stage.append(f"{steps:,.0f} × {samples / steps:,.0f}" if steps else report.MISSING)
             counts = [first(recipe, name) for name in COUNTS]
             body.append([RECIPE_TITLES.get(recipe, recipe), str(stages), " + ".join(per_stage) or report.MISSING,
-                         report.format_number(sum(counts)), *[report.format_number(c) for c in counts]])
-        headers = ["recipe", "stages", "steps × samples per step", "samples seen", *COUNTS]
+                         report.format_number(sum(counts)), *[report.format_number(c) for c in counts],
+                         f"{first(recipe, 'flops'):.3e}"])
+        headers = ["recipe", "stages", "steps × samples per step", "samples seen", *COUNTS, "FLOPs"]
         return render.table(body, headers)

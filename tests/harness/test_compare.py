@@ -234,6 +234,7 @@ def _hand_made_result(shifts: dict[str, float], seeds: int = 3) -> TableResult:
     rows += [measurement("beit3", "pretrain.stage1.steps", 4.0, recipe="beit3", seed=0),
              measurement("beit3", "pretrain.stage1.samples", 24.0, recipe="beit3", seed=0)]
     rows += [measurement("beit3", f"pretrain.{n}", 8.0, recipe="beit3", seed=0) for n in ("images", "texts", "pairs")]
+    rows += [measurement("beit3", "pretrain.flops", 1.5e9, recipe="beit3", seed=0)]
     titles = {"beit3": "BEiT-3 MDM", "vlmo": "VLMo staged", "none": "no pretraining"}
     result = TableResult.of("compare", rows, {r: titles[r] for r in shifts},
                             {"ablation": "layout=paper", "profile": "smoke", "seeds": str(seeds)})
@@ -245,7 +246,7 @@ def test_render_reports_paired_differences_from_the_numbers(item_specs):
     spec = get_table("compare")
     text = re.sub(r" +", " ", to_markdown(spec.render(_hand_made_result({"beit3": 5.0, "none": 0.0}), {})))
     assert text.splitlines()[0].endswith("— ablation layout=paper")
-    assert "| BEiT-3 MDM | 1 | 4 × 6 | 24 | 8 | 8 | 8 |" in text
+    assert "| BEiT-3 MDM | 1 | 4 × 6 | 24 | 8 | 8 | 8 | 1.500e+09 |" in text
     results = text.split("## Results")[1].split("##")[0]
     assert len([line for line in results.splitlines() if line.startswith("| ") and " ± " in line]) == len(COLUMNS)
     assert re.search(r"\| VQAv2 \| val accuracy \| [\d.]+ ± [\d.]+ \([\d.]+ / [\d.]+ / [\d.]+\) \|", results)
@@ -281,7 +282,9 @@ def test_compare_on_smoke_through_the_cli(capsys, sandbox, tmp_path):
                         "--results-dir", str(tmp_path / "results"))
     assert code == 0, err
     text = re.sub(r" +", " ", (tmp_path / "reports" / "compare.md").read_text())
-    assert "2 seed(s) per recipe" in text and "| BEiT-3 MDM | 1 | 4 × 6 | 24 | 8 | 8 | 8 |" in text
+    assert "2 seed(s) per recipe" in text and "| BEiT-3 MDM | 1 | 4 × 6 | 24 | 8 | 8 | 8 | " in text
+    flops = re.search(r"\| BEiT-3 MDM \| 1 \| 4 × 6 \| 24 \| 8 \| 8 \| 8 \| ([\d.e+]+) \|", text).group(1)
+    assert float(flops) > 0  # counted, not assumed
     assert "## Which is better where" in text and "coarse" in text and "VLMo" not in text.split("## Results")[1]
     results = text.split("## Results")[1].split("##")[0]
     assert len([line for line in results.splitlines() if line.startswith("| ") and " ± " in line]) == len(COLUMNS)
