@@ -303,6 +303,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "label_smoothing": 0.1,
     "quirks": "fixed",
     "num_workers": 0,
+    "skip_bad": False,  # leave out (and count, data.num_skipped) image files that do not open
 }
 
 
@@ -362,7 +363,7 @@ def _folder(cfg: Mapping[str, Any], root: DataRoot, split: str, transform_split:
                          "with the evaluation transform, the reported number)")
     classnames = root.file(cfg["classnames"]) if cfg["classnames"] is not None else None
     transform = build_transform(transform_split, cfg["img_size"], cfg["quirks"], cfg["crop_pct"], cfg["augment"])
-    return ImageNetFolder(root.data, folder, transform=transform, classnames=classnames)
+    return ImageNetFolder(root.data, folder, transform=transform, classnames=classnames, skip_bad=cfg["skip_bad"])
 
 
 def _class_names(dataset) -> list[str]:

@@ -593,25 +593,26 @@ def _under(root: Any, path: str | Any) -> Any:
     return path if path.is_absolute() else Path(root) / path
 
 
-def _load_codebook_tokenizer(spec: Mapping[str, Any], root: Any, image_dir: Any, img_size: int, patch_size: int):
-    """The fitted codebook tokenizer at ``spec['path']``; fitted on the image folder (and cached) if absent."""
+def _load_codebook_tokenizer(spec: Mapping[str, Any], root: Any, image_dir: Any, img_size: int, patch_size: int,
+                             skip_bad: bool = False):
+    """The fitted codebook tokenizer at ``spec['path']``; fitted on the image folder (and cached) if absent,
+    reading it as the image stream does (``ImageFolderSource``: bad files named, or left out with ``skip_bad``)."""
     from pathlib import Path
 
     from backbones.tokenizers import PatchCodebookTokenizer
     from tasks.atomic import atomic_path
+    from tasks.data.pretraining import ImageFolderSource
 
     num_codes = int(spec.get("num_codes", 256))
     seed = int(spec.get("seed", 0))
     default = f"visual_tokenizer/codebook-k{num_codes}-p{patch_size}-s{img_size}-seed{seed}.pt"
     path = Path(_under(root, spec.get("path", default)))
     if not path.is_file():
-        files = sorted(p for p in Path(image_dir).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
-        if not files:
-            raise DataError(f"cannot fit the visual tokenizer: no images under {image_dir}")
+        source = ImageFolderSource(image_dir, skip_bad=skip_bad)
 
         def batches(size: int = 64):
-            for start in range(0, len(files), size):
-                chunk = [TF.to_image(Image.open(f).convert("RGB")) for f in files[start : start + size]]
+            for start in range(0, len(source), size):
+                chunk = [TF.to_image(source[i]["image"]) for i in range(start, min(start + size, len(source)))]
                 chunk = [TF.resize(img, [img_size, img_size], antialias=True) for img in chunk]
                 yield torch.stack([TF.to_dtype(img, torch.float32, scale=True) for img in chunk])
 
@@ -660,7 +661,7 @@ def build_pretraining_data(
         )
     images = texts = pairs = visual = None
     if "image" in streams:
-        images = ImageFolderSource(_under(root, cfg["images"]))
+        images = ImageFolderSource(_under(root, cfg["images"]), skip_bad=cfg["skip_bad"])
     if "text" in streams:
         texts = TextCorpus([_under(root, p) for p in cfg["texts"]], rank=rank, world_size=world_size,
                            skip_bad=cfg["skip_bad"])
@@ -675,7 +676,8 @@ def build_pretraining_data(
     if "image" in streams or cfg["pair_image_mask_ratio"] > 0:
         spec = dict(cfg["visual_tokenizer"])
         if spec.get("type", "codebook") == "codebook":
-            visual = _load_codebook_tokenizer(spec, root, _under(root, cfg["images"]), img_size, patch_size)
+            visual = _load_codebook_tokenizer(spec, root, _under(root, cfg["images"]), img_size, patch_size,
+                                              skip_bad=cfg["skip_bad"])
         else:
             visual = build_visual_tokenizer({**spec, "checkpoint": str(_under(root, spec["checkpoint"]))})
         head = getattr(model, "mim_head", None)

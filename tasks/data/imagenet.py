@@ -14,13 +14,16 @@ class order, ``{wnid: name}``, or the Keras-style ``{"0": [wnid, name]}``) next 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
-from tasks.data.images import DataError, load_image
+from tasks.data.images import DataError, load_image, readable_images
+
+log = logging.getLogger(__name__)
 
 __all__ = ["ImageNetFolder", "ImageNetIndex", "find_imagenet_classes", "read_classnames", "write_index"]
 
@@ -80,6 +83,8 @@ class ImageNetFolder(Dataset):
         class_dir: folder whose sub-folders define the classes; default ``root/train`` if it exists,
             else ``root/split``.
         classnames: class-name file; default the first of ``classnames.txt``/``.json`` in ``root``.
+        skip_bad: leave out (and count in ``num_skipped``) image files that do not open as images,
+            checked once here (``readable_images``), instead of raising when one is read.
     """
 
     def __init__(
@@ -89,6 +94,7 @@ class ImageNetFolder(Dataset):
         transform: Callable | None = None,
         class_dir: str | os.PathLike | None = None,
         classnames: str | os.PathLike | None = None,
+        skip_bad: bool = False,
     ):
         self.root = os.fspath(root)
         self.split = split
@@ -108,6 +114,14 @@ class ImageNetFolder(Dataset):
         if not samples:
             raise DataError(f"no images ({', '.join(IMG_EXTENSIONS)}) under {split_dir}/<class>/")
         self.samples = [(os.path.relpath(path, self.root), label) for path, label in samples]
+        self.num_skipped = 0
+        if skip_bad:
+            kept, problems = readable_images(self.root, [path for path, _ in self.samples])
+            self.samples, self.num_skipped = [self.samples[i] for i in kept], len(problems)
+            if problems:
+                log.warning("skipped %d unreadable image(s) of %s, e.g. %s", len(problems), split_dir, problems[0])
+            if not self.samples:
+                raise DataError(f"no readable images under {split_dir}/<class>/ ({problems[0]})")
         self.classnames = self._classnames(classnames)
 
     def _classnames(self, path) -> list[str] | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["DataError", "decode_image", "describe_record", "load_image"]
+__all__ = ["DataError", "decode_image", "describe_record", "load_image", "readable_images"]
 
 
 class DataError(ValueError):
@@ -72,3 +72,22 @@ def decode_image(data: bytes, name: str, record: Any = None) -> Image.Image:
             return _to_rgb(image)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exn:
         raise DataError(f"cannot decode image {name}{describe_record(record)}: {exn}") from exn
+
+
+def readable_images(root: str | os.PathLike, paths: list[str]) -> tuple[list[int], list[str]]:
+    """Which of ``paths`` (relative to ``root``) open as images: (indices kept, what is wrong with the others).
+
+    A folder reader's ``skip_bad`` check: ``PIL.Image.verify`` reads each file's structure without
+    decoding the pixels, so it finds missing, empty, non-image and most truncated files in one pass.
+    """
+    kept, problems = [], []
+    for index, path in enumerate(paths):
+        full = os.path.join(root, path)
+        try:
+            with Image.open(full) as image:
+                image.verify()
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exn:
+            problems.append(f"{full}: {exn}")
+            continue
+        kept.append(index)
+    return kept, problems

@@ -40,7 +40,7 @@ from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext
 from webdataset.utils import pytorch_worker_info
 
-from tasks.data.images import DataError, decode_image, load_image
+from tasks.data.images import DataError, decode_image, load_image, readable_images
 
 __all__ = ["IMAGE_KEYS", "ImageFolderSource", "ImageTextShards", "TextCorpus", "iter_tar_samples"]
 
@@ -281,10 +281,12 @@ class ImageFolderSource(Dataset):
         root: folder to scan.
         transform: optional callable applied to the PIL image.
         extensions: file extensions to accept (case-insensitive).
+        skip_bad: leave out (and count in ``num_skipped``) files that do not open as images, checked
+            once here (``readable_images``), instead of raising when one is read.
     """
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None,
-                 extensions: Sequence[str] = IMG_EXTENSIONS):
+                 extensions: Sequence[str] = IMG_EXTENSIONS, skip_bad: bool = False):
         self.root = os.fspath(root)
         self.transform = transform
         if not os.path.isdir(self.root):
@@ -297,6 +299,14 @@ class ImageFolderSource(Dataset):
                       for f in sorted(files) if f.lower().endswith(exts)]
         if not paths:
             raise DataError(f"no images ({', '.join(exts)}) under {self.root}")
+        self.num_skipped = 0
+        if skip_bad:
+            kept, problems = readable_images(self.root, paths)
+            paths, self.num_skipped = [paths[i] for i in kept], len(problems)
+            if problems:
+                log.warning("skipped %d unreadable image(s) under %s, e.g. %s", len(problems), self.root, problems[0])
+            if not paths:
+                raise DataError(f"no readable images under {self.root} ({problems[0]})")
         self.paths = paths
 
     def __len__(self) -> int:

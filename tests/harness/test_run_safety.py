@@ -402,3 +402,41 @@ def test_skip_bad_is_a_data_key_that_reaches_the_reader_and_the_run_metrics(tmp_
     (finished,) = client.search_runs([client.get_experiment_by_name("t-skip").experiment_id],
                                      filter_string="attributes.status = 'FINISHED'")
     assert finished.data.metrics["data.num_skipped"] == 1
+
+
+@pytest.mark.parametrize("task, folder", [("imagenet", "imagenet/train"), ("pretrain_mdm", "in21k/train")])
+def test_skip_bad_leaves_out_unreadable_images_of_folder_readers(task, folder, tmp_path, smoke_dirs, monkeypatch):
+    import shutil
+
+    from backbones.tokenizers import TextTokenizer
+    from harness.launch import run_training
+    from harness.profiles import get_profile
+    from harness.world import ensure_world
+    from tasks.data.images import DataError
+
+    world = tmp_path / "world"
+    shutil.copytree(ensure_world("smoke", root=smoke_dirs), world)
+    first = sorted(p for p in (world / folder).rglob("*") if p.is_file() and p.suffix.lower() in (".jpeg", ".jpg", ".png"))[0]
+    first.write_bytes(b"not an image")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    vocab_size = TextTokenizer(world / "spm" / "world.model").vocab_size
+    model = {"img_size": 32, "patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2, "vocab_size": vocab_size}
+    if task == "imagenet":
+        model = {**model, "num_classes": len([d for d in (world / folder).iterdir() if d.is_dir()])}
+        model.pop("vocab_size")
+        data = {"root": str(world), "batch_size": 2}
+    else:
+        model = {**model, "num_visual_tokens": 32}  # the smoke profile's codebook
+        data = {**get_profile("smoke").pretrain["data"], "root": str(world), "batch_size": 1}
+    cfg = TrainConfig(task=task, model_overrides=model, data=data, max_steps=1, warmup_steps=0, progress=False,
+                      out_dir=str(tmp_path / "strict"), experiment="t-skip-folder", run_name=f"{task}-strict")
+    with pytest.raises(DataError, match=first.name):  # read within the first batches (or the codebook fit)
+        run_training(dataclasses.replace(cfg, max_steps=64))
+    lenient = dataclasses.replace(cfg, data={**cfg.data, "skip_bad": True}, out_dir=str(tmp_path / "lenient"),
+                                  run_name=f"{task}-lenient")
+    run_training(lenient)
+    client = MlflowClient(uri)
+    (finished,) = client.search_runs([client.get_experiment_by_name("t-skip-folder").experiment_id],
+                                     filter_string="attributes.status = 'FINISHED'")
+    assert finished.data.metrics["data.num_skipped"] == 1
