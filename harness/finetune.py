@@ -16,6 +16,7 @@ from .ablation import Ablation, ablation_label
 from .config import TrainConfig, build_train_config, train_config_hash
 from .experiments import RECIPE_NAMES, RunRecord, check_recipe, ensure_recipe, ensure_run, recipe_configs
 from .profiles import Profile, deep_merge
+from .stats import IMAGE_CONTROL
 from .tracking import resolve_tracking_uri
 
 FINETUNE_EXPERIMENT = "beit3-finetune"
@@ -138,6 +139,9 @@ def data_root(profile: Profile, task: str, variant: dict[str, Any] | None) -> st
     return roots[key]
 
 
+IMAGE_CONTROL_SEED = 0  # the permutation of the images in the image-shuffled control
+
+
 def ensure_finetune(task: str, recipe: str, profile: Profile, seed: int = 0, *,
                     variant: dict[str, Any] | None = None, model_variant: dict[str, Any] | None = None,
                     after_itc: bool = False, ablation: Ablation = (), tracking_uri: str | None = None,
@@ -155,10 +159,16 @@ def ensure_finetune(task: str, recipe: str, profile: Profile, seed: int = 0, *,
         parents += (ensure_run(after, parents[-1] if parents else None, tracking_uri=tracking_uri, nproc=nproc),)
     cfg = finetune_config(task, recipe, profile, seed, variant, model_variant, after, ablation)
     record = ensure_run(cfg, parents[-1] if parents else None, tracking_uri=tracking_uri, nproc=nproc)
-    metrics = {k: v for k, v in record.metrics.items() if k.startswith("eval.")}
-    missing = unevaluated_splits(record, tasks.get_task(task).eval_splits, "eval", tracking_uri)
+    spec = tasks.get_task(task)
+    metrics = {k: v for k, v in record.metrics.items() if k.startswith(("eval.", f"{IMAGE_CONTROL}."))}
+    missing = unevaluated_splits(record, spec.eval_splits, "eval", tracking_uri)
     if missing:
         metrics.update(evaluate_run(cfg, record, missing, tracking_uri))
+    if "shuffle_images" in spec.data_defaults:  # the control: the same model with the split's images permuted
+        missing = unevaluated_splits(record, spec.eval_splits, IMAGE_CONTROL, tracking_uri)
+        if missing:
+            metrics.update(evaluate_run(cfg, record, missing, tracking_uri, prefix=IMAGE_CONTROL,
+                                        data={**cfg.data, "shuffle_images": IMAGE_CONTROL_SEED}))
     return FinetuneResult(task, recipe, record, metrics, parents)
 
 

@@ -19,7 +19,7 @@ import io
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,10 @@ RNG_SEED = 0
 _MAX_CELLS = 1 << 24  # replicates x clusters per block of the multinomial draws (memory bound)
 DIGITS = 9  # decimals of the displayed unit kept; below that a difference is float noise
 
+# The evaluation prefix of the image-shuffled control (``harness.finetune``), and how a differences row
+# names a recipe's control (``recipe_b = "<recipe>" + CONTROL_SUFFIX``).
+IMAGE_CONTROL = "shuffled"
+CONTROL_SUFFIX = ":images-shuffled"
 DIFFERENCE_COLUMNS = ("task", "evaluation", "split", "metric", "row", "label", "recipe_a", "recipe_b", "seeds",
                       "clusters", "items", "estimate", "ci_low", "ci_high", "values_a", "values_b", "note")
 
@@ -188,9 +192,14 @@ def recipe_differences(frame: pd.DataFrame, *, tracking_uri: str | None = None, 
         seed: the generator's seed (the same for every metric).
         loader: ``(run_id, split, prefix) -> DataFrame``; ``load_per_item`` from ``tracking_uri`` by default.
 
+    Rows of ``evaluation`` :data:`IMAGE_CONTROL` (the same runs evaluated with the images shuffled
+    among the items, ``recipe`` empty and ``group`` the recipe) add, per recipe, the difference of
+    the model from its own control (``recipe_b`` = recipe + :data:`CONTROL_SUFFIX`).
+
     Returns:
-        One row per (metric, pair of recipes), ``DIFFERENCE_COLUMNS``; a pair whose per-item
-        results are missing has the reason in ``note`` and no interval.
+        One row per (metric, pair of recipes) and per (metric, recipe with a control),
+        ``DIFFERENCE_COLUMNS``; a pair whose per-item results are missing has the reason in ``note``
+        and no interval.
     """
     if loader is None:
         from harness.per_item import load_per_item
@@ -201,7 +210,7 @@ def recipe_differences(frame: pd.DataFrame, *, tracking_uri: str | None = None, 
     measured = frame[(frame["recipe"] != "") & (frame["run_id"] != "") & (frame["task"] != "")]
     cache: dict[tuple[str, str, str], pd.DataFrame | str] = {}
 
-    def per_item(run_id: str, split: str, evaluation: str) -> pd.DataFrame | str:
+    def per_item(run_id: str, evaluation: str, split: str) -> pd.DataFrame | str:
         key = (run_id, split, evaluation)
         if key not in cache:
             try:
@@ -210,34 +219,51 @@ def recipe_differences(frame: pd.DataFrame, *, tracking_uri: str | None = None, 
                 cache[key] = str(err)
         return cache[key]
 
+    def compare(key: tuple, label: str, name_a: str, name_b: str, runs_a: Mapping[int, tuple[str, str]],
+                runs_b: Mapping[int, tuple[str, str]], spec) -> dict[str, Any]:
+        """One differences row: A - B over the seeds both have (runs: seed -> (run id, evaluation))."""
+        task, evaluation, split, metric, row = key
+        seeds = sorted(set(runs_a) & set(runs_b))
+        out = {"task": task, "evaluation": evaluation, "split": split, "metric": metric, "row": row,
+               "label": label, "recipe_a": name_a, "recipe_b": name_b, "seeds": len(seeds), "clusters": 0,
+               "items": 0, "estimate": math.nan, "ci_low": math.nan, "ci_high": math.nan, "values_a": "",
+               "values_b": "", "note": ""}
+        frames_a = [per_item(*runs_a[s], split) for s in seeds]
+        frames_b = [per_item(*runs_b[s], split) for s in seeds]
+        missing = [v for v in frames_a + frames_b if isinstance(v, str)]
+        if not seeds:
+            out["note"] = "no seed measured for both"
+        elif missing:
+            out["note"] = missing[0]
+        else:
+            found = paired_bootstrap(frames_a, frames_b, spec.item_column, scale=spec.scale,
+                                     n_resamples=n_resamples, seed=seed)
+            out.update(clusters=found.clusters, items=found.items, estimate=found.estimate, ci_low=found.low,
+                       ci_high=found.high, values_a=_join(found.values_a), values_b=_join(found.values_b))
+        return out
+
+    controls = frame[(frame["evaluation"] == IMAGE_CONTROL) & (frame["run_id"] != "")]
     rows = []
     keys = ["task", "evaluation", "split", "metric", "row"]
-    for (task, evaluation, split, metric, row), group in measured.groupby(keys, sort=False):
+    for key, group in measured.groupby(keys, sort=False):
+        task, evaluation, split, metric, _row = key
         spec = metric_spec(task, metric)
         if spec.item_column is None:
             continue
         label = group["label"].iloc[0]
         recipes = list(dict.fromkeys(group["recipe"]))
-        runs = {r: dict(zip(group.loc[group["recipe"] == r, "seed"].astype(int),
-                            group.loc[group["recipe"] == r, "run_id"])) for r in recipes}
+        runs = {r: {int(s): (run_id, evaluation) for s, run_id in
+                    zip(group.loc[group["recipe"] == r, "seed"], group.loc[group["recipe"] == r, "run_id"])}
+                for r in recipes}
         for recipe_a, recipe_b in itertools.combinations(recipes, 2):
-            seeds = sorted(set(runs[recipe_a]) & set(runs[recipe_b]))
-            out = {"task": task, "evaluation": evaluation, "split": split, "metric": metric, "row": row,
-                   "label": label, "recipe_a": recipe_a, "recipe_b": recipe_b, "seeds": len(seeds), "clusters": 0,
-                   "items": 0, "estimate": math.nan, "ci_low": math.nan, "ci_high": math.nan, "values_a": "",
-                   "values_b": "", "note": ""}
-            loaded = {(r, s): per_item(runs[r][s], split, evaluation) for r in (recipe_a, recipe_b) for s in seeds}
-            missing = [v for v in loaded.values() if isinstance(v, str)]
-            if not seeds:
-                out["note"] = "no seed measured for both recipes"
-            elif missing:
-                out["note"] = missing[0]
-            else:
-                found = paired_bootstrap([loaded[recipe_a, s] for s in seeds], [loaded[recipe_b, s] for s in seeds],
-                                         spec.item_column, scale=spec.scale, n_resamples=n_resamples, seed=seed)
-                out.update(clusters=found.clusters, items=found.items, estimate=found.estimate, ci_low=found.low,
-                           ci_high=found.high, values_a=_join(found.values_a), values_b=_join(found.values_b))
-            rows.append(out)
+            rows.append(compare(key, label, recipe_a, recipe_b, runs[recipe_a], runs[recipe_b], spec))
+        # Each recipe against its own runs evaluated with the images shuffled (texts kept): is it image-grounded?
+        for recipe in recipes:
+            control = controls[(controls["group"] == recipe) & (controls["task"] == task)
+                               & (controls["split"] == split) & (controls["metric"] == metric)]
+            if len(control):
+                shuffled = {int(s): (run_id, IMAGE_CONTROL) for s, run_id in zip(control["seed"], control["run_id"])}
+                rows.append(compare(key, label, recipe, f"{recipe}{CONTROL_SUFFIX}", runs[recipe], shuffled, spec))
     return pd.DataFrame(rows, columns=list(DIFFERENCE_COLUMNS))
 
 

@@ -47,6 +47,7 @@ from torch import nn
 
 from backbones import BEiT3Backbone
 from tasks.finetune_data import (
+    ImagesFrom,
     DataRoot,
     FinetuneData,
     check_not_empty,
@@ -57,6 +58,7 @@ from tasks.finetune_data import (
     merge_config,
     model_img_size,
     resolve_root,
+    shuffled_image_sources,
 )
 from tasks.heads import TaskModel, check_quirks, create_task_backbone, init_head_weights, transform_is_train
 from tasks.spec import EvalResult, MetricSpec, TaskSpec, giant_recipe
@@ -717,6 +719,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "quirks": "fixed",
     "num_workers": 0,
     "skip_bad": False,  # skip (and count, data.num_skipped) malformed records instead of raising
+    "shuffle_images": None,  # control: a seed permutes the split's images among its items (texts kept)
     "grad_accum_steps": 1,  # the trainer's: global_step counts optimizer steps
 }
 
@@ -819,6 +822,9 @@ def evaluate(
     records, _ = read_karpathy(root.file(cfg["annotation"]), split)
     check_not_empty(len(records), split, "images")
     dataset = _captions(cfg, root, split, split)
+    if cfg["shuffle_images"] is not None:
+        dataset = ImagesFrom(dataset, shuffled_image_sources([row["image_path"] for row in dataset.rows],
+                                                             cfg["shuffle_images"]))
     predictions = predict_captions(
         model, eval_batches(dataset, collate_eval, batch_size, indices=first_items(len(dataset), limit)), tokenizer,
         num_beams=num_beams, max_len=cfg["max_len"], length_penalty=length_penalty, use_cache=use_cache, device=device,

@@ -57,6 +57,7 @@ __all__ = [
     "DataRoot",
     "EmptySplitError",
     "FinetuneData",
+    "ImagesFrom",
     "TransformFields",
     "check_not_empty",
     "check_text_fits",
@@ -69,6 +70,7 @@ __all__ = [
     "model_img_size",
     "resolve_root",
     "seeded_global_rngs",
+    "shuffled_image_sources",
     "stack",
     "to_device",
 ]
@@ -465,6 +467,48 @@ def eval_batches(
             with seeded_global_rngs(derive_seed(seed, _EVAL, index)):
                 items.append(dataset[index])
         yield collate(items)
+
+
+IMAGE_FIELDS = ("image", "image2", "image_path", "image2_path")
+
+
+def shuffled_image_sources(groups: Sequence[Any], seed: int) -> list[int]:
+    """For each item, the item whose images it takes in the image-shuffled control.
+
+    ``groups[i]`` is what item ``i``'s images are (a VQA question's image id; a caption's image): the
+    groups are permuted among themselves without a fixed point (a shuffled order, each group mapped to
+    the next), so no item keeps its own image, also when many items share one.
+    """
+    first: dict[Any, int] = {}
+    for index, group in enumerate(groups):
+        first.setdefault(group, index)
+    distinct = list(first)
+    if len(distinct) < 2:
+        raise ValueError("the image-shuffled control needs at least two different images in the split")
+    order = np.random.default_rng(seed).permutation(len(distinct))
+    target = {distinct[order[k]]: distinct[order[(k + 1) % len(order)]] for k in range(len(order))}
+    return [first[target[group]] for group in groups]
+
+
+class ImagesFrom(Dataset):
+    """An evaluation split whose items take their images from other items (``sources[i]``), texts
+    and labels kept: the image-shuffled control. Other attributes are the wrapped reader's."""
+
+    def __init__(self, dataset: Any, sources: Sequence[int]):
+        if len(sources) != len(dataset):
+            raise ValueError(f"{len(sources)} image sources for {len(dataset)} items")
+        self.dataset, self.sources = dataset, list(sources)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item, donor = dict(self.dataset[index]), self.dataset[self.sources[index]]
+        item.update({key: donor[key] for key in IMAGE_FIELDS if key in donor})
+        return item
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["dataset"], name)
 
 
 def first_items(num_items: int, limit: int | None) -> list[int]:

@@ -31,6 +31,7 @@ from torch import nn
 
 from backbones import BEiT3Backbone
 from tasks.finetune_data import (
+    ImagesFrom,
     DataRoot,
     FinetuneData,
     check_not_empty,
@@ -42,6 +43,7 @@ from tasks.finetune_data import (
     merge_config,
     model_img_size,
     resolve_root,
+    shuffled_image_sources,
     stack,
     to_device,
 )
@@ -178,6 +180,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "quirks": "fixed",
     "num_workers": 0,
     "skip_bad": False,  # skip (and count, data.num_skipped) malformed records instead of raising
+    "shuffle_images": None,  # control: a seed permutes the split's images among its items (texts kept)
 }
 SPLITS = ("train", "dev", "test1")
 
@@ -267,6 +270,9 @@ def evaluate(
         with open(path, encoding="utf-8") as f:
             check_not_empty(sum(1 for line in f if line.strip()), split, "NLVR2 examples")
     dataset = _dataset(cfg, root, split, split)
+    if cfg["shuffle_images"] is not None:
+        pairs = [(ex["image_path"], ex["image2_path"]) for ex in dataset.examples]
+        dataset = ImagesFrom(dataset, shuffled_image_sources(pairs, cfg["shuffle_images"]))
     indices = first_items(len(dataset), limit)
     logits, labels = [], []
     with eval_mode(model):

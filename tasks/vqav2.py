@@ -40,6 +40,7 @@ from torch import nn
 from backbones import BEiT3Backbone, read_state_dict
 from tasks.data.vqa import build_answer_vocab, read_answer_vocab
 from tasks.finetune_data import (
+    ImagesFrom,
     FinetuneData,
     check_not_empty,
     check_text_fits,
@@ -50,6 +51,7 @@ from tasks.finetune_data import (
     merge_config,
     model_img_size,
     resolve_root,
+    shuffled_image_sources,
     stack,
     to_device,
 )
@@ -303,6 +305,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "quirks": "fixed",
     "num_workers": 0,
     "skip_bad": False,  # skip (and count, data.num_skipped) malformed records instead of raising
+    "shuffle_images": None,  # control: a seed permutes the split's images among its items (texts kept)
 }
 SPLIT_SUBTYPES = {"train": "train2014", "val": "val2014", "test-dev": "test-dev2015", "test": "test2015"}
 ANNOTATED_SPLITS = ("train", "val")
@@ -427,6 +430,9 @@ def evaluate(
     with open(_questions_path(cfg, root, split), encoding="utf-8") as f:
         check_not_empty(len(json.load(f).get("questions") or []), split, "VQA questions")
     dataset = _dataset(cfg, root, split, vocab, drop_unlabeled=False, transform_split=split)
+    if cfg["shuffle_images"] is not None:
+        dataset = ImagesFrom(dataset, shuffled_image_sources([ex.image_id for ex in dataset.examples],
+                                                             cfg["shuffle_images"]))
     indices = first_items(len(dataset), limit)
     batches = eval_batches(dataset, partial(collate, tokenizer=tokenizer, max_len=cfg["max_len"]), batch_size,
                            indices=indices)

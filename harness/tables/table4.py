@@ -21,8 +21,10 @@ from harness.tables.registry import register_table
 from harness.tables.types import Experiment, RunOptions, TableResult, TableSpec, experiments_of, measurement
 from harness.tables.vl import (
     RECIPE_TITLES,
+    control_measurements,
     differences_blocks,
     finetune_measurements,
+    grounding_marks,
     run_note,
     seed_cell,
     task_keys,
@@ -75,6 +77,7 @@ class Table4(TableSpec):
                     annotations[f"{recipe}.seed{seed}.{task}"] = run_note(result)
                     records += finetune_measurements(recipe, seed, task, result.metrics, task_keys(task),
                                                      result.run.run_id)
+                    records += control_measurements(recipe, seed, task, result.metrics, result.run.run_id)
         records += prior_rows(profile)
         groups = {**{r: RECIPE_TITLES[r] for r in options.recipes}, "prior": PRIOR_TITLE}
         return TableResult.of(self.name, records, groups, annotations)
@@ -87,8 +90,10 @@ class Table4(TableSpec):
             cells = [model["values"][i] for i in PAPER_COLUMN_INDEX]
             body.append([f"{model['model']} (paper)", *[report.MISSING if c is None else f"{c:.2f}" for c in cells],
                          ""])
+        marks = grounding_marks(result)
         for group in result.groups:
-            cells = [seed_cell(frame, group, row, missing=UNAVAILABLE.get(row, report.MISSING)) for _, row in COLUMNS]
+            cells = [seed_cell(frame, group, row, missing=UNAVAILABLE.get(row, report.MISSING))
+                     + (f" ({marks[group, row]})" if (group, row) in marks else "") for _, row in COLUMNS]
             if group == "prior":
                 if any(cell not in (report.MISSING, "n/a") for cell in cells):
                     body.append([PRIOR_TITLE, *cells, "world.json"])

@@ -63,6 +63,33 @@ def finetune_measurements(group: str, seed: int, task: str, metrics: Mapping[str
     return records
 
 
+def control_measurements(recipe: str, seed: int, task: str, metrics: Mapping[str, float],
+                         run_id: str) -> list[dict[str, Any]]:
+    """The image-shuffled control of one finetune (its ``shuffled.<split>.<metric>`` metrics), rows
+    ``<task>.<split>.<metric>.shuffled`` of the recipe's group; ``recipe`` is left empty so that recipes
+    are not compared on their controls, and ``harness.stats`` pairs each with its model's row."""
+    keys = [k for k in task_keys(task, stats.IMAGE_CONTROL) if k in metrics]
+    records = finetune_measurements(recipe, seed, task, metrics, keys, run_id,
+                                    row_of=lambda key: f"{task}.{key.split('.', 1)[1]}.{stats.IMAGE_CONTROL}")
+    return [{**record, "recipe": ""} for record in records]
+
+
+def grounding_marks(result: TableResult) -> dict[tuple[str, str], str]:
+    """(recipe, row) -> ``"not image-grounded"`` where the model does not beat its image-shuffled
+    control (the 95% interval of model − control does not exclude 0 on the better side)."""
+    marks = {}
+    differences = result.differences
+    if differences.empty:
+        return marks
+    for row in differences[differences["recipe_b"].str.endswith(stats.CONTROL_SUFFIX)].to_dict("records"):
+        if row["note"]:
+            continue
+        better = row["ci_low"] > 0 if metric_spec(row["task"], row["metric"]).higher_is_better else row["ci_high"] < 0
+        if not better:
+            marks[row["recipe_a"], row["row"]] = "not image-grounded"
+    return marks
+
+
 def task_keys(task: str, evaluation: str = "eval") -> list[str]:
     """``<evaluation>.<split>.<metric>`` of every evaluation split and metric the task spec declares."""
     import tasks
@@ -105,9 +132,14 @@ def differences_blocks(result: TableResult, titles: Mapping[str, str] = RECIPE_T
     verdict, each seed's value and mean ± std of each recipe."""
     from harness.stats import N_RESAMPLES, split_values, verdict
 
-    differences = result.differences
-    if differences.empty:
+    everything = result.differences
+    if everything.empty:
         return []
+    is_control = everything["recipe_b"].str.endswith(stats.CONTROL_SUFFIX)
+    blocks = _control_blocks(everything[is_control], titles, digits)
+    differences = everything[~is_control]
+    if differences.empty:
+        return blocks
     seeds = int(differences["seeds"].max())
     intro = (f"Difference A − B of each metric with a 95% interval from a paired hierarchical bootstrap "
              f"({N_RESAMPLES} resamples of the paired seeds, then of the evaluation set's item clusters, the same "
@@ -135,4 +167,29 @@ def differences_blocks(result: TableResult, titles: Mapping[str, str] = RECIPE_T
     columns = ["metric", "A − B", "difference [95% CI]", "verdict", "A per seed", "B per seed", "A mean ± std",
                "B mean ± std"]
     return [render.heading("Paired differences between recipes"), render.paragraph(intro),
-            render.table(cells, columns, align=("l", "l", "r", "l", "r", "r", "r", "r"))]
+            render.table(cells, columns, align=("l", "l", "r", "l", "r", "r", "r", "r")), *blocks]
+
+
+def _control_blocks(controls: pd.DataFrame, titles: Mapping[str, str], digits: int) -> list[render.Block]:
+    """Each recipe against its image-shuffled control: model − control with its paired 95% interval."""
+    if controls.empty:
+        return []
+    cells = []
+    for row in controls.to_dict("records"):
+        interval = (report.MISSING if row["note"] else
+                    f"{row['estimate']:+.{digits}f} [{row['ci_low']:+.{digits}f}, {row['ci_high']:+.{digits}f}]")
+        model, control = stats.split_values(row["values_a"]), stats.split_values(row["values_b"])
+        spec = metric_spec(row["task"], row["metric"])
+        grounded = (row["ci_low"] > 0) if spec.higher_is_better else (row["ci_high"] < 0)
+        verdict = f"not computed: {row['note']}" if row["note"] else \
+            ("image-grounded" if grounded else "not image-grounded")
+        cells.append([row["label"], titles.get(row["recipe_a"], row["recipe_a"]),
+                      report.format_mean_std(model, digits) if model else report.MISSING,
+                      report.format_mean_std(control, digits) if control else report.MISSING, interval, verdict])
+    intro = ("Each finetuned model evaluated again with the split's images permuted among its items (no item keeps "
+             "its image; questions, statements and references kept): model − control with a 95% interval from the "
+             "same paired bootstrap. A model that does not beat its control does not use the image for that "
+             "metric; its cell above is marked.")
+    return [render.heading("Image-shuffled control"), render.paragraph(intro),
+            render.table(cells, ["metric", "recipe", "model", "images shuffled", "model − control [95% CI]",
+                                 "verdict"], align=("l", "l", "r", "r", "r", "l"))]

@@ -139,6 +139,14 @@ def test_table4_on_smoke(sandbox, tmp_path):
         assert title in text
     assert text.count("(ran)") == 9
     assert len(recipe_configs("vlmo", get_profile("smoke"))) == 3
+    # Every finetune against its image-shuffled control, and the table's cells marked where it is not beaten.
+    control = text.split("## Image-shuffled control")[1]
+    rows = re.findall(r"^\| ([^|]+?) \| ([^|]+?) \|.*\| (image-grounded|not image-grounded) \|$", control, re.M)
+    assert {recipe for _, recipe, _ in rows} == {"BEiT-3 MDM pretraining", "VLMo staged pretraining", "no pretraining"}
+    assert {"val vqa_accuracy", "dev accuracy", "test1 accuracy", "test CIDEr"} <= {label for label, _, _ in rows}
+    shown = {"val vqa_accuracy", "dev accuracy", "test1 accuracy", "test BLEU-4", "test METEOR", "test CIDEr"}
+    expected = sum(verdict == "not image-grounded" and label in shown for label, _, verdict in rows)
+    assert text.split("## Paired differences")[0].count("(not image-grounded)") == expected
 
 
 def test_a_data_variant_makes_another_experiment(sandbox):

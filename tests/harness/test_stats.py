@@ -173,3 +173,33 @@ def test_equal_scores_with_float_noise_are_no_difference():
     b = a.assign(score=scores + 1e-13)  # the same scores up to float noise (sums in another order)
     found = stats.paired_bootstrap([a], [b], "score", scale=100.0)
     assert found.estimate == 0.0 and found.low == 0.0 and found.high == 0.0
+
+
+def test_each_recipe_is_compared_with_its_image_shuffled_control(easiness, accuracy_spec):
+    from harness.tables.vl import grounding_marks
+
+    result, frames = _result(easiness, {"beit3": 0.05, "none": 0.0})
+    rng = np.random.default_rng(7)
+    control = {"beit3": -0.05, "none": 0.0}  # beit3 loses 10 points without its images, none nothing
+    records = list(result.frame.to_dict("records"))
+    for recipe, shift in control.items():
+        for seed, frame in enumerate(per_item_frames(shift, 2, rng, easiness)):
+            frames[f"{recipe}-run{seed}", "shuffled"] = frame
+            records.append(measurement(recipe, "nlvr2.dev.accuracy.shuffled", 100 * frame["score"].mean(),
+                                       label="dev accuracy", seed=seed, task="nlvr2", evaluation="shuffled",
+                                       split="dev", metric="accuracy", run_id=f"{recipe}-run{seed}"))
+    result = TableResult.of("table4", records, result.groups)
+
+    def loader(run_id, split, prefix):
+        return frames[(run_id, prefix) if prefix else run_id]
+
+    differences = stats.recipe_differences(result.frame, loader=loader, n_resamples=300)
+    pairs = list(zip(differences["recipe_a"], differences["recipe_b"]))
+    assert pairs == [("beit3", "none"), ("beit3", "beit3:images-shuffled"), ("none", "none:images-shuffled")]
+    rows = differences.set_index(["recipe_a", "recipe_b"])
+    assert rows.loc[("beit3", "beit3:images-shuffled"), "ci_low"] > 5  # the +10 points, with its interval
+    marks = grounding_marks(result.with_differences(differences))
+    assert marks == {("none", "nlvr2.dev.accuracy"): "not image-grounded"}
+    text = re.sub(r" +", " ", to_markdown(Document("t", tuple(differences_blocks(result.with_differences(differences))))))
+    assert "## Image-shuffled control" in text and "| dev accuracy | no pretraining |" in text
+    assert text.count("| not image-grounded |") == 1 and text.count("| image-grounded |") == 1

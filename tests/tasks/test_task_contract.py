@@ -112,3 +112,48 @@ def test_recipes_follow_size_and_variant():
         retrieval.recipe("base", {"dataset": "coco5k"})
     captioning = tasks.get_task("captioning").recipe("giant")
     assert captioning["steps"] == 16000 and "epochs" not in captioning and captioning["num_max_bpe_tokens"] == 32
+
+
+CONTROLLED = [name for name in FINETUNING if "shuffle_images" in tasks.get_task(name).data_defaults]
+
+
+def test_shuffled_image_sources_move_every_group_to_another_group():
+    from tasks.finetune_data import shuffled_image_sources
+
+    groups = ["a", "a", "b", "c", "c", "c", "d"]
+    sources = shuffled_image_sources(groups, seed=0)
+    assert all(groups[s] != g for s, g in zip(sources, groups))  # no item keeps its own image
+    assert len({groups[s] for s in sources}) == 4  # a permutation of the images, not a resampling
+    assert [groups[s] for s in sources[:2]] == [groups[sources[0]]] * 2  # one image's items move together
+    assert sources == shuffled_image_sources(groups, seed=0) and sources != shuffled_image_sources(groups, seed=1)
+    with pytest.raises(ValueError, match="at least two different images"):
+        shuffled_image_sources(["a", "a"], seed=0)
+
+
+@pytest.mark.parametrize("task", CONTROLLED)
+def test_image_shuffled_control_keeps_the_texts_and_swaps_every_image(task, world, monkeypatch):
+    from tasks.finetune_data import ImagesFrom
+
+    assert CONTROLLED == ["captioning", "nlvr2", "vqav2"]
+    spec = tasks.get_task(task)
+    config = {"root": str(world), "batch_size": 2}
+    heads = spec.head_overrides(config, model_overrides={}, synthetic=True, official=spec.recipe()) \
+        if spec.head_overrides is not None else {}
+    model = tiny_model(world, task, **heads)
+    split = spec.eval_splits[0]
+    options = dict(split=split, limit=LIMIT, batch_size=2, **EVALUATE_OPTIONS.get(task, {}))
+    served = []
+    original = ImagesFrom.__getitem__
+
+    def spy(self, index):
+        item = original(self, index)
+        served.append((self.dataset[index]["image_path"], item["image_path"]))
+        return item
+
+    monkeypatch.setattr(ImagesFrom, "__getitem__", spy)
+    plain = spec.evaluate(model, config, split=split, limit=LIMIT, batch_size=2, **EVALUATE_OPTIONS.get(task, {}))
+    assert not served  # the plain evaluation reads its own images
+    shuffled = spec.evaluate(model, {**config, "shuffle_images": 0}, **options)
+    assert len(served) == len(plain.items) and all(own != given for own, given in served)
+    assert shuffled.items["item_id"].tolist() == plain.items["item_id"].tolist()
+    assert shuffled.items["cluster_id"].tolist() == plain.items["cluster_id"].tolist()
