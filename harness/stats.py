@@ -11,7 +11,9 @@ Agarwal et al. 2021 (rliable) and Bouthillier et al. 2021 for why both levels ma
 
 Everything is vectorised over replicates with numpy (cluster draws as multinomial counts, one
 matrix product per block of replicates); the generator is seeded, so the same inputs give the same
-interval.
+interval. ``scipy.stats.bootstrap`` resamples one level (observations, jointly across paired samples)
+and rliable's stratified bootstrap resamples runs within tasks; neither draws seeds and then clusters
+within them, so the two levels are drawn here.
 """
 from __future__ import annotations
 
