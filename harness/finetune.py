@@ -6,7 +6,7 @@ which is tagged with the pretraining run it descends from; a finished, evaluated
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -16,7 +16,7 @@ from .ablation import Ablation, ablation_label
 from .config import TrainConfig, build_train_config, train_config_hash
 from .experiments import RECIPE_NAMES, RunRecord, check_recipe, ensure_recipe, ensure_run, recipe_configs
 from .profiles import Profile, deep_merge
-from .stats import IMAGE_CONTROL
+from .stats import IMAGE_CONTROL, TEXT_CONTROL
 from .tracking import resolve_tracking_uri
 
 FINETUNE_EXPERIMENT = "beit3-finetune"
@@ -160,7 +160,8 @@ def ensure_finetune(task: str, recipe: str, profile: Profile, seed: int = 0, *,
     cfg = finetune_config(task, recipe, profile, seed, variant, model_variant, after, ablation)
     record = ensure_run(cfg, parents[-1] if parents else None, tracking_uri=tracking_uri, nproc=nproc)
     spec = tasks.get_task(task)
-    metrics = {k: v for k, v in record.metrics.items() if k.startswith(("eval.", f"{IMAGE_CONTROL}."))}
+    evaluations = ("eval.", f"{IMAGE_CONTROL}.", f"{TEXT_CONTROL}.")
+    metrics = {k: v for k, v in record.metrics.items() if k.startswith(evaluations)}
     missing = unevaluated_splits(record, spec.eval_splits, "eval", tracking_uri)
     if missing:
         metrics.update(evaluate_run(cfg, record, missing, tracking_uri))
@@ -169,6 +170,14 @@ def ensure_finetune(task: str, recipe: str, profile: Profile, seed: int = 0, *,
         if missing:
             metrics.update(evaluate_run(cfg, record, missing, tracking_uri, prefix=IMAGE_CONTROL,
                                         data={**cfg.data, "shuffle_images": IMAGE_CONTROL_SEED}))
+    if spec.text_baseline is not None:  # the blind baseline, logged beside the model it is compared with
+        missing = unevaluated_splits(record, spec.eval_splits, TEXT_CONTROL, tracking_uri)
+        if missing:
+            from .launch import resolve_data_root
+
+            data = resolve_data_root(cfg.data)
+            results = {split: spec.text_baseline(data, split=split) for split in missing}
+            metrics.update(log_evaluation(record, results, TEXT_CONTROL, tracking_uri))
     return FinetuneResult(task, recipe, record, metrics, parents)
 
 
@@ -222,11 +231,8 @@ def evaluate_run(cfg: TrainConfig, record: RunRecord, splits: list[str], trackin
     by default the run's own data), log to the run as ``<prefix>.<split>.<metric>`` and each split's
     per-item frame as its ``per_item/`` artifact (``harness.per_item``; named by the prefix but for
     the run's own ``eval``)."""
-    from mlflow.tracking import MlflowClient
-
     from backbones import load_checkpoint
 
-    from .per_item import log_per_item
     from .launch import resolve_data_root
 
     spec = tasks.get_task(cfg.task)
@@ -234,10 +240,21 @@ def evaluate_run(cfg: TrainConfig, record: RunRecord, splits: list[str], trackin
     load_checkpoint(model, record.checkpoint)
     model.eval()
     data = resolve_data_root(data if data is not None else cfg.data)
-    metrics: dict[str, float] = {}
+    return log_evaluation(record, {split: spec.evaluate(model, data, split=split) for split in splits}, prefix,
+                          tracking_uri)
+
+
+def log_evaluation(record: RunRecord, results: Mapping[str, Any], prefix: str,
+                   tracking_uri: str | None) -> dict[str, float]:
+    """Log each split's ``EvalResult`` into the run: ``<prefix>.<split>.<metric>`` and the per-item
+    frame (``per_item/[<prefix>.]<split>.csv.gz``, no prefix for the run's own ``eval``)."""
+    from mlflow.tracking import MlflowClient
+
+    from .per_item import log_per_item
+
     uri = resolve_tracking_uri(tracking_uri)
-    for split in splits:
-        result = spec.evaluate(model, data, split=split)
+    metrics: dict[str, float] = {}
+    for split, result in results.items():
         metrics.update({f"{prefix}.{split}.{k}": float(v) for k, v in result.metrics.items()})
         log_per_item(record.run_id, split, result.items, tracking_uri=uri, prefix="" if prefix == "eval" else prefix)
     client = MlflowClient(uri)

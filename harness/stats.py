@@ -32,10 +32,13 @@ RNG_SEED = 0
 _MAX_CELLS = 1 << 24  # replicates x clusters per block of the multinomial draws (memory bound)
 DIGITS = 9  # decimals of the displayed unit kept; below that a difference is float noise
 
-# The evaluation prefix of the image-shuffled control (``harness.finetune``), and how a differences row
-# names a recipe's control (``recipe_b = "<recipe>" + CONTROL_SUFFIX``).
+# The controls a finetune is evaluated against (``harness.finetune``): evaluation prefix -> how a
+# differences row names a recipe's control (``recipe_b = "<recipe>" + suffix``). The image-shuffled
+# control is the same model with the split's images permuted; the text-only one is the task's blind
+# baseline fitted on train (``TaskSpec.text_baseline``), the same for every run.
 IMAGE_CONTROL = "shuffled"
-CONTROL_SUFFIX = ":images-shuffled"
+TEXT_CONTROL = "textonly"
+CONTROL_SUFFIXES = {IMAGE_CONTROL: ":images-shuffled", TEXT_CONTROL: ":text-only"}
 DIFFERENCE_COLUMNS = ("task", "evaluation", "split", "metric", "row", "label", "recipe_a", "recipe_b", "seeds",
                       "clusters", "items", "estimate", "ci_low", "ci_high", "values_a", "values_b", "note")
 
@@ -194,9 +197,9 @@ def recipe_differences(frame: pd.DataFrame, *, tracking_uri: str | None = None, 
         seed: the generator's seed (the same for every metric).
         loader: ``(run_id, split, prefix) -> DataFrame``; ``load_per_item`` from ``tracking_uri`` by default.
 
-    Rows of ``evaluation`` :data:`IMAGE_CONTROL` (the same runs evaluated with the images shuffled
-    among the items, ``recipe`` empty and ``group`` the recipe) add, per recipe, the difference of
-    the model from its own control (``recipe_b`` = recipe + :data:`CONTROL_SUFFIX`).
+    Rows of a control's ``evaluation`` (:data:`CONTROL_SUFFIXES`; ``recipe`` empty, ``group`` the
+    recipe) add, per recipe and control, the difference of the model from it (``recipe_b`` = recipe +
+    the control's suffix).
 
     Returns:
         One row per (metric, pair of recipes) and per (metric, recipe with a control),
@@ -244,7 +247,7 @@ def recipe_differences(frame: pd.DataFrame, *, tracking_uri: str | None = None, 
                        ci_high=found.high, values_a=_join(found.values_a), values_b=_join(found.values_b))
         return out
 
-    controls = frame[(frame["evaluation"] == IMAGE_CONTROL) & (frame["run_id"] != "")]
+    controls = frame[frame["evaluation"].isin(list(CONTROL_SUFFIXES)) & (frame["run_id"] != "")]
     rows = []
     keys = ["task", "evaluation", "split", "metric", "row"]
     for key, group in measured.groupby(keys, sort=False):
@@ -259,13 +262,16 @@ def recipe_differences(frame: pd.DataFrame, *, tracking_uri: str | None = None, 
                 for r in recipes}
         for recipe_a, recipe_b in itertools.combinations(recipes, 2):
             rows.append(compare(key, label, recipe_a, recipe_b, runs[recipe_a], runs[recipe_b], spec))
-        # Each recipe against its own runs evaluated with the images shuffled (texts kept): is it image-grounded?
+        # Each recipe against its controls, seed by seed (its runs evaluated with the images shuffled, the
+        # blind baseline logged beside them): does it use the image, and beat what the text alone gives?
         for recipe in recipes:
-            control = controls[(controls["group"] == recipe) & (controls["task"] == task)
-                               & (controls["split"] == split) & (controls["metric"] == metric)]
-            if len(control):
-                shuffled = {int(s): (run_id, IMAGE_CONTROL) for s, run_id in zip(control["seed"], control["run_id"])}
-                rows.append(compare(key, label, recipe, f"{recipe}{CONTROL_SUFFIX}", runs[recipe], shuffled, spec))
+            for name, suffix in CONTROL_SUFFIXES.items():
+                control = controls[(controls["group"] == recipe) & (controls["evaluation"] == name)
+                                   & (controls["task"] == task) & (controls["split"] == split)
+                                   & (controls["metric"] == metric)]
+                if len(control):
+                    found = {int(s): (run_id, name) for s, run_id in zip(control["seed"], control["run_id"])}
+                    rows.append(compare(key, label, recipe, recipe + suffix, runs[recipe], found, spec))
     return pd.DataFrame(rows, columns=list(DIFFERENCE_COLUMNS))
 
 

@@ -19,6 +19,7 @@ default ``root``, in a world the world directory), ``data_file`` (``nlvr2/data/{
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -284,6 +285,30 @@ def evaluate(
     return score_examples(torch.cat(logits), torch.cat(labels), identifiers, split=split)
 
 
+def text_only_baseline(data_config: Mapping[str, Any], *, split: str = "dev") -> EvalResult:
+    """The sentence-only prior: each example of ``split`` labelled as train most often labels the same
+    sentence (case ignored), else as train's majority label; scored as :func:`evaluate` scores."""
+    from collections import Counter, defaultdict
+
+    cfg = merge_config(data_config, DATA_DEFAULTS, "nlvr2")
+    root = resolve_root(cfg, "nlvr2")
+
+    def read(which: str) -> list[dict]:
+        with open(_data_file(cfg, root, which), encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    by_sentence, overall = defaultdict(Counter), Counter()
+    for rec in read("train"):
+        by_sentence[rec["sentence"].lower().strip()][rec["label"]] += 1
+        overall[rec["label"]] += 1
+    examples = read(split)
+    check_not_empty(len(examples), split, "NLVR2 examples")
+    predicted = [(by_sentence.get(rec["sentence"].lower().strip()) or overall).most_common(1)[0][0] for rec in examples]
+    logits = F.one_hot(torch.tensor([int(p == "True") for p in predicted]), 2).float()
+    labels = torch.tensor([int(rec["label"] == "True") for rec in examples])
+    return score_examples(logits, labels, [rec["identifier"] for rec in examples], split=split)
+
+
 def sentence_set(identifier: str) -> str:
     """The set an example belongs to (``dev-850-2-0`` -> ``dev-850``): its sentences were written for
     the set's images, so its examples share images and sentences."""
@@ -314,4 +339,5 @@ SPEC = TaskSpec(
     build_eval=build_eval_dataset,
     evaluate=evaluate,
     training_step=training_step,
+    text_baseline=text_only_baseline,
 )

@@ -96,6 +96,9 @@ class TaskSpec:
         head_overrides: ``(data_config, *, model_overrides, synthetic, official) -> overrides`` of the
             head sizes the task takes from its data (a world's answer or class count; the official
             ones on real data), ``None`` where the head does not depend on the data.
+        text_baseline: ``(data_config, *, split) -> EvalResult`` of the strongest blind baseline the task
+            fits on its train split (no image, no model), scored like ``evaluate`` on ``split``; ``None``
+            where the task has none.
     """
 
     name: str
@@ -111,6 +114,7 @@ class TaskSpec:
     configure_trainable: Callable[..., Any] | None = None
     variant_recipes: Callable[[Mapping[str, Any]], Mapping[str, Mapping[str, Any]] | None] | None = None
     head_overrides: Callable[..., dict[str, Any]] | None = None
+    text_baseline: Callable[..., EvalResult] | None = None
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.metrics]

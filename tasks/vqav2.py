@@ -56,6 +56,7 @@ from tasks.finetune_data import (
     to_device,
 )
 from tasks.heads import Pooler, TaskModel, check_quirks, create_task_backbone, init_head_weights, transform_is_train
+from tasks.metrics.vqa_normalize import normalize_answer
 from tasks.metrics.vqa import question_accuracy, question_scores, vqa_accuracy, vqa_score, vqa_submission
 from tasks.spec import EvalResult, MetricSpec, TaskSpec, giant_recipe
 
@@ -457,6 +458,55 @@ def evaluate(
     return score_answers(predictions, image_ids, annotations, target_scores, split=split)
 
 
+MIN_PRIOR_QUESTIONS = 5  # train questions with the same text before their prior replaces the question type's
+
+
+def _blind_key(question: str) -> str:
+    return " ".join(question.lower().replace("?", " ").split())
+
+
+def text_only_baseline(data_config: Mapping[str, Any], *, split: str = "val") -> EvalResult:
+    """The question-only prior, the strongest blind baseline fitted here: each question of ``split``
+    gets the answer with the highest summed VQA accuracy on train (``min(annotators / 3, 1)``) among
+    questions with the same text (case and "?" ignored; at least :data:`MIN_PRIOR_QUESTIONS` of them),
+    else the same question type (the annotation's ``question_type``, its first words), else all;
+    scored as :func:`evaluate` scores (official per-question accuracy)."""
+    from collections import Counter, defaultdict
+
+    cfg = merge_config(data_config, DATA_DEFAULTS, "vqav2")
+    root = resolve_root(cfg, "vqav2")
+
+    def read(which: str) -> tuple[list[dict], dict[int, dict]]:
+        with open(_questions_path(cfg, root, which), encoding="utf-8") as f:
+            questions = json.load(f)["questions"]
+        with open(root.file(cfg["annotations"].format(subtype=_subtype(which))), encoding="utf-8") as f:
+            annotations = {a["question_id"]: a for a in json.load(f)["annotations"]}
+        return questions, annotations
+
+    questions, annotations = read("train")
+    by_text, by_type, overall = defaultdict(Counter), defaultdict(Counter), Counter()
+    asked = Counter()
+    for q in questions:
+        annotation = annotations[q["question_id"]]
+        given = Counter(normalize_answer(a["answer"]) for a in annotation["answers"])
+        credit = Counter({answer: min(n / 3, 1.0) for answer, n in given.items()})
+        key = _blind_key(q["question"])
+        asked[key] += 1
+        by_text[key] += credit
+        by_type[annotation.get("question_type", "")] += credit
+        overall += credit
+    questions, annotations = read(split)
+    check_not_empty(len(questions), split, "VQA questions")
+    predictions = {}
+    for q in questions:
+        key = _blind_key(q["question"])
+        prior = (by_text[key] if asked[key] >= MIN_PRIOR_QUESTIONS else None) or \
+            by_type.get(annotations[q["question_id"]].get("question_type", "")) or overall
+        predictions[q["question_id"]] = prior.most_common(1)[0][0]
+    image_ids = {q["question_id"]: q["image_id"] for q in questions}
+    return score_answers(predictions, image_ids, {q: annotations[q] for q in predictions}, split=split)
+
+
 def score_answers(
     predictions: Mapping[int, str],
     image_ids: Mapping[int, int],
@@ -514,4 +564,5 @@ SPEC = TaskSpec(
     evaluate=evaluate,
     training_step=training_step,
     head_overrides=head_overrides,
+    text_baseline=text_only_baseline,
 )

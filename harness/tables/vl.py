@@ -63,31 +63,49 @@ def finetune_measurements(group: str, seed: int, task: str, metrics: Mapping[str
     return records
 
 
+# What each control's verdicts say in a table (control evaluation -> (title, passed, failed)).
+CONTROL_VERDICTS = {
+    stats.IMAGE_CONTROL: ("Image-shuffled control", "image-grounded", "not image-grounded"),
+    stats.TEXT_CONTROL: ("Text-only baseline", "above text-only", "not above text-only"),
+}
+
+
 def control_measurements(recipe: str, seed: int, task: str, metrics: Mapping[str, float],
                          run_id: str) -> list[dict[str, Any]]:
-    """The image-shuffled control of one finetune (its ``shuffled.<split>.<metric>`` metrics), rows
-    ``<task>.<split>.<metric>.shuffled`` of the recipe's group; ``recipe`` is left empty so that recipes
-    are not compared on their controls, and ``harness.stats`` pairs each with its model's row."""
-    keys = [k for k in task_keys(task, stats.IMAGE_CONTROL) if k in metrics]
-    records = finetune_measurements(recipe, seed, task, metrics, keys, run_id,
-                                    row_of=lambda key: f"{task}.{key.split('.', 1)[1]}.{stats.IMAGE_CONTROL}")
+    """The controls logged in one finetune's run (``shuffled.*``: its model with the images shuffled;
+    ``textonly.*``: the task's blind baseline), rows ``<task>.<split>.<metric>.<control>`` of the
+    recipe's group; ``recipe`` is left empty so that recipes are not compared on their controls, and
+    ``harness.stats`` pairs each with its model's row."""
+    records = []
+    for control in stats.CONTROL_SUFFIXES:
+        keys = [k for k in task_keys(task, control) if k in metrics]
+        records += finetune_measurements(recipe, seed, task, metrics, keys, run_id,
+                                         row_of=lambda key, c=control: f"{task}.{key.split('.', 1)[1]}.{c}")
     return [{**record, "recipe": ""} for record in records]
 
 
+def _control_of(recipe_b: str) -> str | None:
+    return next((name for name, suffix in stats.CONTROL_SUFFIXES.items() if recipe_b.endswith(suffix)), None)
+
+
+def _beats(row: Mapping[str, Any]) -> bool:
+    higher = metric_spec(row["task"], row["metric"]).higher_is_better
+    return bool(row["ci_low"] > 0) if higher else bool(row["ci_high"] < 0)
+
+
 def grounding_marks(result: TableResult) -> dict[tuple[str, str], str]:
-    """(recipe, row) -> ``"not image-grounded"`` where the model does not beat its image-shuffled
-    control (the 95% interval of model − control does not exclude 0 on the better side)."""
-    marks = {}
+    """(recipe, row) -> what its controls say where the model does not beat one (the 95% interval of
+    model − control does not exclude 0 on the better side): "not image-grounded", "not above text-only"."""
+    marks: dict[tuple[str, str], list[str]] = {}
     differences = result.differences
     if differences.empty:
-        return marks
-    for row in differences[differences["recipe_b"].str.endswith(stats.CONTROL_SUFFIX)].to_dict("records"):
-        if row["note"]:
+        return {}
+    for row in differences.to_dict("records"):
+        control = _control_of(row["recipe_b"])
+        if control is None or row["note"] or _beats(row):
             continue
-        better = row["ci_low"] > 0 if metric_spec(row["task"], row["metric"]).higher_is_better else row["ci_high"] < 0
-        if not better:
-            marks[row["recipe_a"], row["row"]] = "not image-grounded"
-    return marks
+        marks.setdefault((row["recipe_a"], row["row"]), []).append(CONTROL_VERDICTS[control][2])
+    return {key: ", ".join(found) for key, found in marks.items()}
 
 
 def task_keys(task: str, evaluation: str = "eval") -> list[str]:
@@ -135,7 +153,7 @@ def differences_blocks(result: TableResult, titles: Mapping[str, str] = RECIPE_T
     everything = result.differences
     if everything.empty:
         return []
-    is_control = everything["recipe_b"].str.endswith(stats.CONTROL_SUFFIX)
+    is_control = everything["recipe_b"].map(_control_of).notna()
     blocks = _control_blocks(everything[is_control], titles, digits)
     differences = everything[~is_control]
     if differences.empty:
@@ -171,25 +189,32 @@ def differences_blocks(result: TableResult, titles: Mapping[str, str] = RECIPE_T
 
 
 def _control_blocks(controls: pd.DataFrame, titles: Mapping[str, str], digits: int) -> list[render.Block]:
-    """Each recipe against its image-shuffled control: model − control with its paired 95% interval."""
-    if controls.empty:
-        return []
-    cells = []
-    for row in controls.to_dict("records"):
-        interval = (report.MISSING if row["note"] else
-                    f"{row['estimate']:+.{digits}f} [{row['ci_low']:+.{digits}f}, {row['ci_high']:+.{digits}f}]")
-        model, control = stats.split_values(row["values_a"]), stats.split_values(row["values_b"])
-        spec = metric_spec(row["task"], row["metric"])
-        grounded = (row["ci_low"] > 0) if spec.higher_is_better else (row["ci_high"] < 0)
-        verdict = f"not computed: {row['note']}" if row["note"] else \
-            ("image-grounded" if grounded else "not image-grounded")
-        cells.append([row["label"], titles.get(row["recipe_a"], row["recipe_a"]),
-                      report.format_mean_std(model, digits) if model else report.MISSING,
-                      report.format_mean_std(control, digits) if control else report.MISSING, interval, verdict])
-    intro = ("Each finetuned model evaluated again with the split's images permuted among its items (no item keeps "
-             "its image; questions, statements and references kept): model − control with a 95% interval from the "
-             "same paired bootstrap. A model that does not beat its control does not use the image for that "
-             "metric; its cell above is marked.")
-    return [render.heading("Image-shuffled control"), render.paragraph(intro),
-            render.table(cells, ["metric", "recipe", "model", "images shuffled", "model − control [95% CI]",
-                                 "verdict"], align=("l", "l", "r", "r", "r", "l"))]
+    """Each recipe against each of its controls: model − control with its paired 95% interval."""
+    intros = {
+        stats.IMAGE_CONTROL: "Each finetuned model evaluated again with the split's images permuted among its items "
+                             "(no item keeps its image; questions, statements and references kept).",
+        stats.TEXT_CONTROL: "The task's strongest blind baseline fitted on train (VQA: the answer with the most "
+                            "credit for the same question text, else its question type; NLVR2: the majority label "
+                            "of the same sentence), scored on the same items.",
+    }
+    blocks = []
+    which = controls["recipe_b"].map(_control_of)
+    for control, (title, passed, failed) in CONTROL_VERDICTS.items():
+        rows = controls[which == control]
+        if rows.empty:
+            continue
+        cells = []
+        for row in rows.to_dict("records"):
+            interval = (report.MISSING if row["note"] else
+                        f"{row['estimate']:+.{digits}f} [{row['ci_low']:+.{digits}f}, {row['ci_high']:+.{digits}f}]")
+            model, baseline = stats.split_values(row["values_a"]), stats.split_values(row["values_b"])
+            verdict = f"not computed: {row['note']}" if row["note"] else (passed if _beats(row) else failed)
+            cells.append([row["label"], titles.get(row["recipe_a"], row["recipe_a"]),
+                          report.format_mean_std(model, digits) if model else report.MISSING,
+                          report.format_mean_std(baseline, digits) if baseline else report.MISSING, interval, verdict])
+        blocks += [render.heading(title),
+                   render.paragraph(intros[control] + " Model − control with a 95% interval from the same paired "
+                                    f"bootstrap; a cell above whose model does not beat it is marked \"{failed}\"."),
+                   render.table(cells, ["metric", "recipe", "model", "control", "model − control [95% CI]", "verdict"],
+                                align=("l", "l", "r", "r", "r", "l"))]
+    return blocks

@@ -146,7 +146,12 @@ def test_table4_on_smoke(sandbox, tmp_path):
     assert {"val vqa_accuracy", "dev accuracy", "test1 accuracy", "test CIDEr"} <= {label for label, _, _ in rows}
     shown = {"val vqa_accuracy", "dev accuracy", "test1 accuracy", "test BLEU-4", "test METEOR", "test CIDEr"}
     expected = sum(verdict == "not image-grounded" and label in shown for label, _, verdict in rows)
-    assert text.split("## Paired differences")[0].count("(not image-grounded)") == expected
+    assert text.split("## Paired differences")[0].count("not image-grounded") == expected
+    # ... and against the blind baseline fitted on train, logged in every VQA and NLVR2 run.
+    blind = text.split("## Text-only baseline")[1]
+    rows = re.findall(r"^\| ([^|]+?) \| ([^|]+?) \|.*\| (above text-only|not above text-only) \|$", blind, re.M)
+    assert {label for label, _, _ in rows} >= {"val vqa_accuracy", "dev accuracy", "test1 accuracy"}
+    assert len({recipe for _, recipe, _ in rows}) == 3
 
 
 def test_a_data_variant_makes_another_experiment(sandbox):

@@ -157,3 +157,21 @@ def test_image_shuffled_control_keeps_the_texts_and_swaps_every_image(task, worl
     assert len(served) == len(plain.items) and all(own != given for own, given in served)
     assert shuffled.items["item_id"].tolist() == plain.items["item_id"].tolist()
     assert shuffled.items["cluster_id"].tolist() == plain.items["cluster_id"].tolist()
+
+
+@pytest.mark.parametrize("task", [name for name in FINETUNING if tasks.get_task(name).text_baseline is not None])
+def test_text_only_baseline_scores_the_items_evaluate_scores(task, world):
+    spec = tasks.get_task(task)
+    config = {"root": str(world), "batch_size": 2}
+    heads = spec.head_overrides(config, model_overrides={}, synthetic=True, official=spec.recipe()) \
+        if spec.head_overrides is not None else {}
+    model = tiny_model(world, task, **heads)
+    for split in spec.eval_splits:
+        blind = spec.text_baseline(config, split=split)
+        scored = spec.evaluate(model, config, split=split, batch_size=8)
+        assert blind.items["item_id"].tolist() == scored.items["item_id"].tolist()  # pairable item by item
+        assert blind.items["cluster_id"].tolist() == scored.items["cluster_id"].tolist()
+        assert set(blind.metrics) == set(scored.metrics) - {"vqa_score"}  # no soft targets without a model
+        primary = spec.primary_metric
+        assert 0 <= blind.metrics[primary.name] <= 100
+        assert blind.metrics[primary.name] == pytest.approx(blind.items[primary.item_column].mean(), abs=0.01)
