@@ -25,7 +25,14 @@ from harness.profiles import Profile
 from harness.tables import render
 from harness.tables.registry import register_table
 from harness.tables.types import Experiment, RunOptions, TableResult, TableSpec, experiments_of, measurement
-from harness.tables.vl import differences_blocks, finetune_measurements, run_note, values_of
+from harness.tables.vl import (
+    control_measurements,
+    control_rows,
+    differences_blocks,
+    finetune_measurements,
+    run_note,
+    values_of,
+)
 
 RECIPE_TITLES = {"beit3": "BEiT-3 MDM", "vlmo": "VLMo staged", "none": "no pretraining"}
 # The finetunes behind the columns: (measure, task, data variant); the same runs as tables 4 and 10.
@@ -73,6 +80,8 @@ def summarize(differences: pd.DataFrame, labels: Mapping[str, str], seeds: int) 
 
     from harness.tables.vl import metric_spec
 
+    if not differences.empty:
+        differences = differences[~control_rows(differences)]
     if differences.empty:
         return "No paired difference was computed (no metric with per-item results)."
     sentences = []
@@ -154,6 +163,8 @@ class CompareRecipes(TableSpec):
                                                           nproc=nproc)
                 for measure, result in results.items():
                     annotations[f"{recipe}.seed{seed}.{measure}"] = run_note(result)
+                    records += control_measurements(recipe, seed, TASK_OF[measure], result.metrics,
+                                                    result.run.run_id)
                 for column, measure, key, task_title, metric_title in COLUMNS:
                     metrics = results[measure].metrics
                     if key not in metrics:

@@ -88,6 +88,11 @@ def _control_of(recipe_b: str) -> str | None:
     return next((name for name, suffix in stats.CONTROL_SUFFIXES.items() if recipe_b.endswith(suffix)), None)
 
 
+def control_rows(differences: pd.DataFrame) -> pd.Series:
+    """Which rows of a differences frame compare a recipe with one of its controls (not two recipes)."""
+    return differences["recipe_b"].map(_control_of).notna()
+
+
 def _beats(row: Mapping[str, Any]) -> bool:
     higher = metric_spec(row["task"], row["metric"]).higher_is_better
     return bool(row["ci_low"] > 0) if higher else bool(row["ci_high"] < 0)
@@ -153,7 +158,7 @@ def differences_blocks(result: TableResult, titles: Mapping[str, str] = RECIPE_T
     everything = result.differences
     if everything.empty:
         return []
-    is_control = everything["recipe_b"].map(_control_of).notna()
+    is_control = control_rows(everything)
     blocks = _control_blocks(everything[is_control], titles, digits)
     differences = everything[~is_control]
     if differences.empty:

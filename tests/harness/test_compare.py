@@ -290,6 +290,7 @@ def test_compare_on_smoke_through_the_cli(capsys, sandbox, tmp_path):
     assert len([line for line in results.splitlines() if line.startswith("| ") and " ± " in line]) == len(COLUMNS)
     pairs = [line for line in text.splitlines() if "| BEiT-3 MDM − no pretraining |" in line]
     assert len(pairs) == len(COLUMNS)  # one paired difference per metric, each with its interval
+    assert "## Image-shuffled control" in text and "## Text-only baseline" in text  # the VL finetunes' controls
     client = MlflowClient(sandbox)
     (run,) = client.search_runs([client.get_experiment_by_name("beit3-tables").experiment_id])
     assert run.data.tags["table"] == "compare" and run.info.run_name == "compare-smoke"
