@@ -7,6 +7,7 @@ measured fp32 GEMM rate.
 
     python benchmarks/bench_backbone.py                       # base 224, image+text, batch 4
     python benchmarks/bench_backbone.py --batch 8 --rounds 5 --inputs image
+    python benchmarks/bench_backbone.py --batch 1 2 4 8 --inputs image pair   # every pair, one summary
 
 Prints the machine, thread count, torch/torchscale versions and the load average (a 1-min load above
 the thread count means other processes shared the CPU); the ratio is the median of per-round ratios
@@ -174,23 +175,40 @@ def spread(values: list[float]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="beit3_base_patch16_224")
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--batch", type=int, nargs="+", default=[4])
     parser.add_argument("--text-len", type=int, default=64)
-    parser.add_argument("--inputs", choices=["pair", "image", "text"], default="pair")
+    parser.add_argument("--inputs", choices=["pair", "image", "text"], nargs="+", default=["pair"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
-    parser.add_argument("--out", default="", help="raw JSON (default results/benchmarks/bench_backbone_<inputs>_b<batch>.json)")
+    parser.add_argument("--out", default="", help="raw JSON of one setting (default "
+                        "results/benchmarks/bench_backbone_<inputs>_b<batch>.json, one file per setting)")
     args = parser.parse_args()
+    settings = [(inputs, batch) for inputs in args.inputs for batch in args.batch]
+    if args.out and len(settings) > 1:
+        parser.error("--out names the file of one setting; give one --batch and one --inputs, or leave it out")
     if args.threads:
         torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()[0]
-
     torch.manual_seed(0)
     ours = backbones.create_model(args.model)
-    config = ours.config
-    official = official_model(config)
+    official = official_model(ours.config)
     backbones.load_checkpoint(ours, official.state_dict())
-    inputs = make_inputs(config, args.batch, args.inputs, args.text_len)
+    summaries = [(inputs, batch, measure(ours, official, args, inputs, batch)) for inputs, batch in settings]
+    if len(summaries) > 1:
+        print("\nsummary: ours / torchscale (median of rounds, min-max); share of the GEMM rate, ours vs torchscale")
+        for inputs, batch, summary in summaries:
+            train, infer = summary["train"], summary["inference"]
+            print(f"  {inputs:5s} batch {batch}: train {train['ratio']['median']:.2f}x "
+                  f"({train['ratio']['min']:.2f}-{train['ratio']['max']:.2f}), "
+                  f"{100 * train['ours_share_of_gemm_rate']:.0f}% vs {100 * train['torchscale_share_of_gemm_rate']:.0f}%"
+                  f" | inference {infer['ratio']['median']:.2f}x ({infer['ratio']['min']:.2f}-{infer['ratio']['max']:.2f})"
+                  f" | max diff {summary['max_abs_diff']:.1e}")
+
+
+def measure(ours: nn.Module, official: nn.Module, args: argparse.Namespace, input_kind: str, batch: int) -> dict:
+    """One setting: both models alternating for ``args.rounds`` rounds; prints it, writes its JSON."""
+    load_before = os.getloadavg()[0]
+    config = ours.config
+    inputs = make_inputs(config, batch, input_kind, args.text_len)
 
     ours.eval(), official.eval()
     with torch.no_grad():
@@ -200,7 +218,7 @@ def main() -> None:
     ours.train()
     num_image = config.num_patches + 1 if "visual_tokens" in inputs else 0
     num_text = args.text_len if "textual_tokens" in inputs else 0
-    gemm = {kind: gemm_rate(linear_gemm_shapes(config, args.batch, num_image, num_text, kind == "train"))
+    gemm = {kind: gemm_rate(linear_gemm_shapes(config, batch, num_image, num_text, kind == "train"))
             for kind in ("train", "inference")}
 
     models = {"ours": ours, "torchscale": official}
@@ -218,7 +236,7 @@ def main() -> None:
             models[name].train()
     load_after = os.getloadavg()[0]
     # Best of a measurement before and one after the rounds: another job's burst must not lower the peak.
-    gemm = {kind: max(rate, gemm_rate(linear_gemm_shapes(config, args.batch, num_image, num_text, kind == "train")))
+    gemm = {kind: max(rate, gemm_rate(linear_gemm_shapes(config, batch, num_image, num_text, kind == "train")))
             for kind, rate in gemm.items()}
 
     info = machine()
@@ -226,7 +244,7 @@ def main() -> None:
           f"torch {info['torch']} | torchscale {info['torchscale']}")
     print(f"load average (1 min) before/after: {load_before:.1f}/{load_after:.1f} "
           f"({'shared' if max(load_before, load_after) > info['threads'] + 0.5 else 'no other load seen'})")
-    print(f"model {args.model} | inputs {args.inputs} | batch {args.batch} | tokens {num_image + num_text} | "
+    print(f"model {args.model} | inputs {input_kind} | batch {batch} | tokens {num_image + num_text} | "
           f"rounds {args.rounds}")
     print(f"max |ours - torchscale| on the same weights and inputs: {diff:.2e}")
     summary = {}
@@ -237,8 +255,8 @@ def main() -> None:
         ours_rate = flops[kind] / statistics.median(ours_t)
         ts_rate = flops[kind] / statistics.median(ts_t)
         summary[kind] = {
-            "ours_samples_per_s": args.batch / statistics.median(ours_t),
-            "torchscale_samples_per_s": args.batch / statistics.median(ts_t),
+            "ours_samples_per_s": batch / statistics.median(ours_t),
+            "torchscale_samples_per_s": batch / statistics.median(ts_t),
             "ratio": spread(ratios), "flops": flops[kind], "gemm_rate_flops": gemm[kind],
             "ours_share_of_gemm_rate": ours_rate / gemm[kind], "torchscale_share_of_gemm_rate": ts_rate / gemm[kind],
         }
@@ -251,14 +269,16 @@ def main() -> None:
           f"{gemm['inference'] / 1e9:.1f} GFLOP/s; FLOPs per step: train {flops['train'] / 1e9:.1f}, "
           f"inference {flops['inference'] / 1e9:.1f} GFLOP")
 
-    out = Path(args.out or f"results/benchmarks/bench_backbone_{args.inputs}_b{args.batch}.json")
+    out = Path(args.out or f"results/benchmarks/bench_backbone_{input_kind}_b{batch}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "machine": info, "load_average_1min": [load_before, load_after],
-        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "tokens": num_image + num_text,
+        "settings": {**{k: v for k, v in vars(args).items() if k not in ("out", "batch", "inputs")},
+                     "batch": batch, "inputs": input_kind}, "tokens": num_image + num_text,
         "max_abs_diff": diff, "seconds_per_round": times, "summary": summary,
     }, indent=2))
     print(f"raw numbers: {out}")
+    return {**summary, "max_abs_diff": diff}
 
 
 if __name__ == "__main__":
