@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from tasks.data.world_root import world_profile
+
 # Caches the harness writes into a data root on first use (the fitted codebook tokenizer of
 # tasks.pretrain_data): not part of what the run reads as data.
 CACHE_DIRS = frozenset({"visual_tokenizer"})
@@ -26,10 +28,11 @@ def data_identity(data: Mapping[str, Any]) -> str:
     if not root:
         return ""
     root = str(root)
-    if root.startswith("world:"):
+    world = world_profile(root)  # the one parser of "world:<profile>[:<seed>]" roots
+    if world is not None:
         from harness.world import VERSION
 
-        profile, _, seed = root.split(":", 1)[1].partition(":")
+        profile, _, seed = world.partition(":")
         return f"world:{profile}:seed={seed or 0}:version={VERSION}"
     return _path_identity(str(Path(root).absolute()))
 
