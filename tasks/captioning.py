@@ -852,6 +852,45 @@ def score_predictions(predictions: Mapping[int, str], references: Mapping[int, S
     metrics = {name: float(value) for name, value in scores.items() if isinstance(value, (int, float))}
     return EvalResult({**metrics, **SPEC.aggregate(items), "num_images": float(len(items))}, items)
 
+
+# The constant-caption baseline's candidates (the most frequent train captions) and the train images
+# it is fitted on (the split's first ones): enough to pick the best of a small world's few templates.
+CONSTANT_CAPTION_CANDIDATES = 50
+CONSTANT_CAPTION_FIT_IMAGES = 500
+
+
+def caption_words(caption: str) -> str:
+    """A reference caption as a prediction would read: lower case, no full stops or commas."""
+    return " ".join(caption.lower().replace(".", " ").replace(",", " ").split())
+
+
+def constant_caption_baseline(data_config: Mapping[str, Any], *, split: str = "test",
+                              **score_kwargs: Any) -> EvalResult:
+    """The best constant caption: of the most frequent train captions, the one with the highest CIDEr
+    when it is the prediction for every fitted train image; predicted for every image of ``split`` and
+    scored as :func:`evaluate` scores (no image, no model)."""
+    from collections import Counter
+
+    from pycocoevalcap.cider.cider import Cider
+
+    from tasks.data.karpathy import gt_captions
+
+    cfg = merge_config(data_config, DATA_DEFAULTS, "captioning")
+    annotation = resolve_root(cfg, "coco_karpathy").file(cfg["annotation"])
+    train = gt_captions(annotation, "train")
+    check_not_empty(len(train), "train", "images")
+
+    frequent = Counter(caption_words(c) for captions in train.values() for c in captions)
+    candidates = [c for c, _ in frequent.most_common(CONSTANT_CAPTION_CANDIDATES)]
+    fit = dict(list(train.items())[:CONSTANT_CAPTION_FIT_IMAGES])
+    refs = {i: [caption_words(c) for c in captions] for i, captions in fit.items()}
+    cider = [Cider().compute_score(refs, {i: [candidate] for i in fit})[0] for candidate in candidates]
+    best = candidates[max(range(len(candidates)), key=cider.__getitem__)]
+    references = gt_captions(annotation, split)
+    check_not_empty(len(references), split, "images")
+    return score_predictions({i: best for i in references}, references, **score_kwargs)
+
+
 SPEC = TaskSpec(
     name="captioning",
     build_model=build_captioning_model,
@@ -873,4 +912,5 @@ SPEC = TaskSpec(
     build_eval=build_eval_dataset,
     evaluate=evaluate,
     training_step=training_step,
+    text_baseline=constant_caption_baseline,
 )

@@ -281,8 +281,9 @@ def evaluate(
                                   indices=indices):
             logits.append(_logits(model, to_device(batch, device)).float().cpu())
             labels.append(batch["label"])
-    identifiers = [dataset.examples[i]["identifier"] for i in indices]
-    return score_examples(torch.cat(logits), torch.cat(labels), identifiers, split=split)
+    examples = [dataset.examples[i] for i in indices]
+    return score_examples(torch.cat(logits), torch.cat(labels), [ex["identifier"] for ex in examples],
+                          sentences=[ex["text"] for ex in examples], split=split)
 
 
 def text_only_baseline(data_config: Mapping[str, Any], *, split: str = "dev") -> EvalResult:
@@ -306,7 +307,8 @@ def text_only_baseline(data_config: Mapping[str, Any], *, split: str = "dev") ->
     predicted = [(by_sentence.get(rec["sentence"].lower().strip()) or overall).most_common(1)[0][0] for rec in examples]
     logits = F.one_hot(torch.tensor([int(p == "True") for p in predicted]), 2).float()
     labels = torch.tensor([int(rec["label"] == "True") for rec in examples])
-    return score_examples(logits, labels, [rec["identifier"] for rec in examples], split=split)
+    return score_examples(logits, labels, [rec["identifier"] for rec in examples],
+                          sentences=[rec["sentence"] for rec in examples], split=split)
 
 
 def sentence_set(identifier: str) -> str:
@@ -316,17 +318,39 @@ def sentence_set(identifier: str) -> str:
 
 
 def score_examples(logits: torch.Tensor, labels: torch.Tensor, identifiers: Sequence[str], *,
-                   split: str = "dev") -> EvalResult:
+                   sentences: Sequence[str] | None = None, split: str = "dev") -> EvalResult:
     """One row per example (``item_id`` its identifier, ``cluster_id`` its :func:`sentence_set`), the
-    predicted label and ``accuracy`` (100 if correct, else 0), whose mean is the split's accuracy."""
+    predicted label, ``accuracy`` (100 if correct, else 0), whose mean is the split's accuracy, and
+    ``pairwise``: on each True example, the share (percent) of the False examples of the same set and
+    sentence that it outscores (margin ``logit[True] - logit[False]``; a tie counts half), empty on
+    the others -- its mean is the threshold-free pairwise accuracy (which pair of a sentence is the
+    true one). Without ``sentences`` the examples of a set are taken to share one sentence."""
     check_not_empty(logits.shape[0], split, "examples")
     if len(identifiers) != logits.shape[0]:
         raise ValueError(f"{len(identifiers)} identifiers for {logits.shape[0]} rows of logits")
+    if sentences is not None and len(sentences) != len(identifiers):
+        raise ValueError(f"{len(sentences)} sentences for {len(identifiers)} identifiers")
     predicted = logits.argmax(dim=1)
     items = pd.DataFrame({"item_id": list(identifiers), "cluster_id": [sentence_set(i) for i in identifiers],
                           "prediction": predicted.tolist(), "label": labels.tolist(),
                           "accuracy": 100.0 * (predicted == labels).double().numpy()})
+    items["pairwise"] = _pairwise(items, (logits[:, 1] - logits[:, 0]).double().numpy(),
+                                  sentences if sentences is not None else [""] * len(items))
     return EvalResult({**SPEC.aggregate(items), "num_examples": float(len(items))}, items)
+
+
+def _pairwise(items: pd.DataFrame, margins, sentences: Sequence[str]) -> pd.Series:
+    frame = pd.DataFrame({"group": items["cluster_id"] + "\t" + pd.Series(list(sentences)).str.lower().str.strip(),
+                          "label": items["label"], "margin": margins})
+    out = pd.Series(float("nan"), index=items.index)
+    for _, group in frame.groupby("group"):
+        true, false = group[group["label"] == 1], group[group["label"] == 0]
+        if true.empty or false.empty:
+            continue
+        wins = (true["margin"].to_numpy()[:, None] > false["margin"].to_numpy()[None, :]).mean(axis=1)
+        ties = (true["margin"].to_numpy()[:, None] == false["margin"].to_numpy()[None, :]).mean(axis=1)
+        out[true.index] = 100.0 * (wins + 0.5 * ties)
+    return out
 
 SPEC = TaskSpec(
     name="nlvr2",
@@ -335,7 +359,8 @@ SPEC = TaskSpec(
     recipes={**RECIPES, "giant": giant_recipe(RECIPES["base"], PAPER_RECIPES["giant"])},
     data_defaults=DATA_DEFAULTS,
     eval_splits=("dev", "test1"),
-    metrics=(MetricSpec("accuracy", primary=True, item_column="accuracy"),),
+    metrics=(MetricSpec("accuracy", primary=True, item_column="accuracy"),
+             MetricSpec("pairwise_accuracy", item_column="pairwise")),
     build_eval=build_eval_dataset,
     evaluate=evaluate,
     training_step=training_step,

@@ -50,6 +50,7 @@ COLUMNS = (
     ("vqav2.val.vqa_accuracy", "vqav2", "eval.val.vqa_accuracy", "VQAv2", "val accuracy"),
     ("nlvr2.dev.accuracy", "nlvr2", "eval.dev.accuracy", "NLVR2", "dev accuracy"),
     ("nlvr2.test1.accuracy", "nlvr2", "eval.test1.accuracy", "NLVR2", "test1 accuracy"),
+    ("nlvr2.dev.pairwise_accuracy", "nlvr2", "eval.dev.pairwise_accuracy", "NLVR2", "dev pairwise accuracy"),
     ("captioning.test.CIDEr", "captioning", "eval.test.CIDEr", "captioning", "test CIDEr"),
     ("captioning.test.BLEU-4", "captioning", "eval.test.BLEU-4", "captioning", "test BLEU-4"),
     ("coco.test.tr_r1", "coco", "eval.test.tr_r1", "COCO retrieval", "TR@1"),

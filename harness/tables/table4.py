@@ -37,12 +37,14 @@ COLUMNS = (
     ("VQAv2 val (test-dev)", "vqav2.val.vqa_accuracy"),
     ("NLVR2 dev", "nlvr2.dev.accuracy"),
     ("NLVR2 test1 (test-P)", "nlvr2.test1.accuracy"),
+    ("NLVR2 dev pairwise", "nlvr2.dev.pairwise_accuracy"),
     ("COCO B@4", "captioning.test.BLEU-4"),
     ("COCO M", "captioning.test.METEOR"),
     ("COCO C", "captioning.test.CIDEr"),
     ("COCO S", "captioning.test.SPICE"),
 )
-PAPER_COLUMN_INDEX = (0, 2, 3, 4, 5, 6, 7)  # which paper column each of ours sits under
+# Which paper column each of ours sits under (None: the paper has none, e.g. NLVR2 pairwise accuracy).
+PAPER_COLUMN_INDEX = (0, 2, 3, None, 4, 5, 6, 7)
 UNAVAILABLE = {"captioning.test.SPICE": "n/a"}  # needs Stanford CoreNLP jars
 PRIOR_TITLE = "answer prior only (the world's baseline)"
 
@@ -87,7 +89,7 @@ class Table4(TableSpec):
         headers = ["model / pretraining", *[title for title, _ in COLUMNS], "finetune runs"]
         body = []
         for model in paper.get("models", []):
-            cells = [model["values"][i] for i in PAPER_COLUMN_INDEX]
+            cells = [None if i is None else model["values"][i] for i in PAPER_COLUMN_INDEX]
             body.append([f"{model['model']} (paper)", *[report.MISSING if c is None else f"{c:.2f}" for c in cells],
                          ""])
         marks = grounding_marks(result)

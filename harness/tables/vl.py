@@ -200,7 +200,9 @@ def _control_blocks(controls: pd.DataFrame, titles: Mapping[str, str], digits: i
                              "(no item keeps its image; questions, statements and references kept).",
         stats.TEXT_CONTROL: "The task's strongest blind baseline fitted on train (VQA: the answer with the most "
                             "credit for the same question text, else its question type; NLVR2: the majority label "
-                            "of the same sentence), scored on the same items.",
+                            "of the same sentence, which ties the two pairs of a sentence, so its pairwise accuracy "
+                            "is 50; captioning: the one caption, of train's most frequent, with the highest CIDEr "
+                            "on train images), scored on the same items.",
     }
     blocks = []
     which = controls["recipe_b"].map(_control_of)

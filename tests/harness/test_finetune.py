@@ -98,14 +98,15 @@ def test_evaluate_run_logs_the_metrics_and_each_splits_per_item_frame(sandbox, t
     assert unevaluated_splits(record, ("dev", "test1"), "eval", uri) == ["dev", "test1"]
     metrics = evaluate_run(cfg, record, ["dev", "test1"], uri)
     assert unevaluated_splits(RunRecord(**{**vars(record), "metrics": metrics}), ("dev", "test1"), "eval", uri) == []
-    assert set(metrics) == {f"eval.{s}.{k}" for s in ("dev", "test1") for k in ("accuracy", "num_examples")}
+    assert set(metrics) == {f"eval.{s}.{k}" for s in ("dev", "test1")
+                            for k in ("accuracy", "pairwise_accuracy", "num_examples")}
     assert client.get_run(run_id).data.metrics == metrics
     for split in ("dev", "test1"):
         items = load_per_item(run_id, split, tracking_uri=uri)
         assert len(items) == metrics[f"eval.{split}.num_examples"]
         assert items["accuracy"].mean() == pytest.approx(metrics[f"eval.{split}.accuracy"])
     zero = evaluate_run(cfg, record, ["dev"], uri, prefix="zeroshot.world")
-    assert set(zero) == {"zeroshot.world.dev.accuracy", "zeroshot.world.dev.num_examples"}
+    assert set(zero) == {f"zeroshot.world.dev.{k}" for k in ("accuracy", "pairwise_accuracy", "num_examples")}
     assert len(load_per_item(run_id, "dev", tracking_uri=uri, prefix="zeroshot.world")) == zero["zeroshot.world.dev.num_examples"]
 
 
@@ -133,7 +134,7 @@ def test_table4_on_smoke(sandbox, tmp_path):
     assert main(["run", "table4", "--profile", "smoke", "--tracking-uri", sandbox,
                  "--out", str(tmp_path / "reports"), "--results-dir", str(tmp_path / "results")]) == 0
     text = re.sub(r" +", " ", (tmp_path / "reports" / "table4.md").read_text())  # pandas pads the columns
-    assert "BEiT-3 (paper) | 84.19 | 91.51 | 92.58 | 44.10 | 32.40 | 147.60 | 25.40" in text
+    assert "BEiT-3 (paper) | 84.19 | 91.51 | 92.58 | – | 44.10 | 32.40 | 147.60 | 25.40" in text  # no paper pairwise
     for title in ("ours, BEiT-3 MDM pretraining", "ours, VLMo staged pretraining", "ours, no pretraining",
                   "answer prior only"):
         assert title in text
@@ -144,13 +145,15 @@ def test_table4_on_smoke(sandbox, tmp_path):
     rows = re.findall(r"^\| ([^|]+?) \| ([^|]+?) \|.*\| (image-grounded|not image-grounded) \|$", control, re.M)
     assert {recipe for _, recipe, _ in rows} == {"BEiT-3 MDM pretraining", "VLMo staged pretraining", "no pretraining"}
     assert {"val vqa_accuracy", "dev accuracy", "test1 accuracy", "test CIDEr"} <= {label for label, _, _ in rows}
-    shown = {"val vqa_accuracy", "dev accuracy", "test1 accuracy", "test BLEU-4", "test METEOR", "test CIDEr"}
+    shown = {"val vqa_accuracy", "dev accuracy", "test1 accuracy", "dev pairwise_accuracy", "test BLEU-4", "test METEOR",
+             "test CIDEr"}
     expected = sum(verdict == "not image-grounded" and label in shown for label, _, verdict in rows)
     assert text.split("## Paired differences")[0].count("not image-grounded") == expected
-    # ... and against the blind baseline fitted on train, logged in every VQA and NLVR2 run.
+    # ... and against the blind baseline fitted on train, logged in every VQA, NLVR2 and captioning run.
     blind = text.split("## Text-only baseline")[1]
     rows = re.findall(r"^\| ([^|]+?) \| ([^|]+?) \|.*\| (above text-only|not above text-only) \|$", blind, re.M)
-    assert {label for label, _, _ in rows} >= {"val vqa_accuracy", "dev accuracy", "test1 accuracy"}
+    assert {label for label, _, _ in rows} >= {"val vqa_accuracy", "dev accuracy", "test1 accuracy",
+                                                "dev pairwise_accuracy", "test CIDEr"}
     assert len({recipe for _, recipe, _ in rows}) == 3
 
 

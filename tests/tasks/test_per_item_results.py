@@ -69,6 +69,25 @@ def test_nlvr2_frame_gives_the_accuracy():
     assert (result.items["prediction"][:5] == 0).all()
 
 
+def test_nlvr2_pairwise_accuracy_compares_the_pairs_of_one_sentence():
+    # set 0: True pair outscores the False one; set 1: it does not; set 2: a tie (half); set 3 has two
+    # sentences, each with one True and one False pair, scored apart; set 4 has no False pair (not scored).
+    margins = [2.0, -1.0, 0.0, 1.0, 0.5, 0.5, 1.0, 0.0, 2.0, 3.0, 1.0]
+    labels = torch.tensor([1, 0, 1, 0, 1, 0, 1, 0, 0, 1, 1])
+    sets = [0, 0, 1, 1, 2, 2, 3, 3, 3, 3, 4]
+    sentences = ["a", "a", "b", "b", "c", "c", "d", "d", "e", "e", "f"]
+    logits = torch.stack([torch.zeros(11), torch.tensor(margins)], dim=1)
+    identifiers = [f"dev-{s}-{i}-0" for i, s in enumerate(sets)]
+    result = nlvr2.score_examples(logits, labels, identifiers, sentences=sentences, split="dev")
+    scored = result.items.dropna(subset=["pairwise"])
+    assert scored["item_id"].tolist() == ["dev-0-0-0", "dev-1-2-0", "dev-2-4-0", "dev-3-6-0", "dev-3-9-0"]
+    assert scored["pairwise"].tolist() == [100.0, 0.0, 50.0, 100.0, 100.0]
+    assert result.metrics["pairwise_accuracy"] == pytest.approx(70.0)
+    # one sentence per set when none are given: set 3's True pairs then face both False pairs
+    pooled = nlvr2.score_examples(logits, labels, identifiers, split="dev")
+    assert pooled.items.dropna(subset=["pairwise"])["pairwise"].tolist() == [100.0, 0.0, 50.0, 50.0, 100.0]
+
+
 def test_imagenet_frame_gives_the_top_k_accuracy_with_ties():
     generator = torch.Generator().manual_seed(2)
     logits = torch.randint(0, 4, (50, 12), generator=generator).float()  # many ties

@@ -166,12 +166,35 @@ def test_text_only_baseline_scores_the_items_evaluate_scores(task, world):
     heads = spec.head_overrides(config, model_overrides={}, synthetic=True, official=spec.recipe()) \
         if spec.head_overrides is not None else {}
     model = tiny_model(world, task, **heads)
+    options = EVALUATE_OPTIONS.get(task, {})
     for split in spec.eval_splits:
-        blind = spec.text_baseline(config, split=split)
-        scored = spec.evaluate(model, config, split=split, batch_size=8)
+        blind = spec.text_baseline(config, split=split, **options)
+        scored = spec.evaluate(model, config, split=split, batch_size=8, **options)
         assert blind.items["item_id"].tolist() == scored.items["item_id"].tolist()  # pairable item by item
         assert blind.items["cluster_id"].tolist() == scored.items["cluster_id"].tolist()
         assert set(blind.metrics) == set(scored.metrics) - {"vqa_score"}  # no soft targets without a model
         primary = spec.primary_metric
         assert 0 <= blind.metrics[primary.name] <= 100
         assert blind.metrics[primary.name] == pytest.approx(blind.items[primary.item_column].mean(), abs=0.01)
+        if "pairwise_accuracy" in blind.metrics:  # NLVR2: one prediction per sentence ties its two pairs
+            assert blind.metrics["pairwise_accuracy"] == 50.0
+
+
+def test_constant_caption_baseline_predicts_train_s_best_frequent_caption(world):
+    from collections import Counter
+
+    from pycocoevalcap.cider.cider import Cider
+
+    from tasks import captioning
+    from tasks.data.karpathy import gt_captions
+
+    blind = captioning.constant_caption_baseline({"root": str(world)}, split="test", **EVALUATE_OPTIONS["captioning"])
+    (caption,) = set(blind.items["prediction"])
+    train = gt_captions(world / "coco" / "dataset_coco.json", "train")
+    refs = {i: [captioning.caption_words(c) for c in cs] for i, cs in train.items()}
+    normalised = [c for cs in refs.values() for c in cs]
+    assert caption in normalised
+    most_frequent = Counter(normalised).most_common(1)[0][0]
+    cider = {c: Cider().compute_score(refs, {i: [c] for i in refs})[0] for c in {caption, most_frequent}}
+    assert cider[caption] >= cider[most_frequent]
+
