@@ -26,8 +26,11 @@ from harness.tables.vl import (
 )
 
 DATASETS = ("coco", "flickr30k")
+WORLD_KEYS = {"coco": "coco_karpathy", "flickr30k": "flickr30k"}  # their entries in world.json
 RECALLS = ("tr_r1", "tr_r5", "tr_r10", "ir_r1", "ir_r5", "ir_r10")  # I→T (text retrieval), then T→I
 CHANCE_TITLE = "chance (the world's baseline)"
+ORACLE_TITLE = "oracle ceiling (the scenes' ground truth)"
+BASELINE_TITLES = {"oracle": ORACLE_TITLE, "chance": CHANCE_TITLE}
 
 
 class RetrievalTable(TableSpec):
@@ -55,8 +58,8 @@ class RetrievalTable(TableSpec):
                         recipe, seed, "retrieval", result.metrics, keys, result.run.run_id,
                         row_of=lambda key, d=dataset: f"{d}.{key.rsplit('.', 1)[-1]}",
                         label_of=lambda key, d=dataset: f"{d} {key.rsplit('.', 1)[-1]}", required_by=result.run.name)
-        records += chance_rows(profile)
-        groups = {**{r: RECIPE_TITLES[r] for r in options.recipes}, "chance": CHANCE_TITLE}
+        records += world_rows(profile, self.datasets)
+        groups = {**{r: RECIPE_TITLES[r] for r in options.recipes}, **BASELINE_TITLES}
         return TableResult.of(self.name, records, groups, annotations)
 
     def render(self, result: TableResult, paper: Mapping[str, Any]) -> render.Document:
@@ -66,9 +69,10 @@ class RetrievalTable(TableSpec):
                 for m in paper.get("models", [])]
         for group in result.groups:
             cells = [seed_cell(frame, group, f"{d}.{r}", digits=1) for d in self.datasets for r in RECALLS]
-            if group == "chance":
+            if group in BASELINE_TITLES:
                 if any(cell != report.MISSING for cell in cells):
-                    body.append([CHANCE_TITLE, *cells, "world.json"])
+                    body.append([BASELINE_TITLES[group], *cells,
+                                 "world.json" if group == "chance" else "harness.world.oracle"])
                 continue
             runs = "; ".join(f"{d}: {result.annotations.get(f'{group}.seed0.{d}', report.MISSING)}"
                              for d in self.datasets)
@@ -80,13 +84,20 @@ class RetrievalTable(TableSpec):
         return render.Document(f"Table {self.name.removeprefix('table')}: {self.title}", tuple(blocks))
 
 
-def chance_rows(profile: Profile) -> list[dict[str, Any]]:
-    """R@1 of a random ranking on the world's test splits (its world.json), in percent."""
+def world_rows(profile: Profile, datasets: tuple[str, ...]) -> list[dict[str, Any]]:
+    """On the benchmark world: R@1 of a random ranking (its world.json) and every recall of the oracle
+    that knows the test scenes (:mod:`harness.world.oracle`), in percent; none on real data."""
     baselines = world_baselines(profile)
     if baselines is None:
         return []
+    from harness.experiments import world_manifest
+    from harness.world.oracle import world_retrieval_oracle
+
+    manifest = world_manifest(profile.pretrain["data"]["root"])
     rows = []
-    for dataset, key in (("coco", "coco_karpathy"), ("flickr30k", "flickr30k")):
-        chance = 100 * baselines[key]["retrieval_chance_r1"]["test"]
+    for dataset in datasets:
+        chance = 100 * baselines[WORLD_KEYS[dataset]]["retrieval_chance_r1"]["test"]
         rows += [measurement("chance", f"{dataset}.{recall}", chance) for recall in ("tr_r1", "ir_r1")]
+        oracle = world_retrieval_oracle(dataset, manifest["profile"], manifest["seed"])
+        rows += [measurement("oracle", f"{dataset}.{recall}", oracle[recall]) for recall in RECALLS]
     return rows

@@ -3,6 +3,7 @@ BLIP's caption ground-truth files; the VQAv2 questions (:mod:`.vqav2`) are asked
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,25 +38,33 @@ def karpathy_entry(imgid: int, split: str, filename: str, caps: list[str], senti
     return entry
 
 
-def build(root: Path, prof: WorldProfile, seed: int) -> tuple[Part, list[CocoImage]]:
-    """Write the COCO images and the Karpathy caption files; return the part and every image in order."""
+def images(prof: WorldProfile, seed: int) -> Iterator[tuple[int, str, CocoImage]]:
+    """``(imgid, Karpathy split or "test2015", image)`` of every COCO image in order, drawn without
+    rendering: the scenes and captions :func:`build` writes (the retrieval oracle reads them)."""
     rng = stream_rng(seed, "coco")
     n_train, n_restval, n_val, n_test = prof.coco_splits
     splits = ["train"] * n_train + ["restval"] * n_restval + ["val"] * n_val + ["test"] * n_test
     ids = unique_ids(rng, len(splits) + prof.vqa_test_images)
-    karpathy, images, sentid, texts = [], [], 0, []
     for imgid, (split, cocoid) in enumerate(zip(splits + ["test2015"] * prof.vqa_test_images, ids)):
         subset = "train2014" if split == "train" else "test2015" if split == "test2015" else "val2014"
         scene = sample_scene(rng, prof.image_size, max_objects=prof.max_objects)
-        filename = f"COCO_{subset}_{cocoid:012d}.jpg"
-        writers.save_image(render(scene), root / "coco" / subset / filename)
-        caps = []
+        caps = captions(scene, rng, 5) if split != "test2015" else []
+        yield imgid, split, CocoImage(subset, cocoid, scene, tuple(caps))
+
+
+def build(root: Path, prof: WorldProfile, seed: int) -> tuple[Part, list[CocoImage]]:
+    """Write the COCO images and the Karpathy caption files; return the part and every image in order."""
+    karpathy, coco_images, sentid, texts = [], [], 0, []
+    for imgid, split, image in images(prof, seed):
+        filename = f"COCO_{image.subset}_{image.cocoid:012d}.jpg"
+        writers.save_image(render(image.scene), root / "coco" / image.subset / filename)
         if split != "test2015":
-            caps = captions(scene, rng, 5)
-            karpathy.append(karpathy_entry(imgid, split, filename, caps, sentid, filepath=subset, cocoid=cocoid))
+            caps = list(image.captions)
+            karpathy.append(karpathy_entry(imgid, split, filename, caps, sentid, filepath=image.subset,
+                                           cocoid=image.cocoid))
             sentid += len(caps)
             texts += caps
-        images.append(CocoImage(subset, cocoid, scene, tuple(caps)))
+        coco_images.append(image)
 
     coco = root / "coco"
     writers.write_json(writers.karpathy_json(karpathy, "coco"), coco / "dataset_coco.json")
@@ -70,8 +79,9 @@ def build(root: Path, prof: WorldProfile, seed: int) -> tuple[Part, list[CocoIma
             "images": {"train2014": "coco/train2014", "val2014": "coco/val2014"},
             "caption_gt": {"val": "coco/coco_karpathy_val_gt.json", "test": "coco/coco_karpathy_test_gt.json"},
         },
-        counts={"images": {s: splits.count(s) for s in ("train", "restval", "val", "test")}, "captions": sentid},
-        baselines={"retrieval_chance_r1": {"val": round(1 / max(n_val, 1), 4), "test": round(1 / max(n_test, 1), 4)}},
+        counts={"images": dict(zip(("train", "restval", "val", "test"), prof.coco_splits)), "captions": sentid},
+        baselines={"retrieval_chance_r1": {split: round(1 / max(n, 1), 4)
+                                           for split, n in zip(("val", "test"), prof.coco_splits[2:])}},
         texts=texts,
     )
-    return part, images
+    return part, coco_images

@@ -115,16 +115,17 @@ def _position(obj: Obj, side: int) -> str:
 
 
 # --- captions ---------------------------------------------------------------------------------------
-def _background_phrase(scene: Scene, rng: np.random.Generator) -> str:
+def _background_phrases(scene: Scene) -> tuple[str, ...]:
+    """Every way a caption may name the scene's background (one is drawn per image)."""
     bg = scene.background
     if bg.kind == "solid":
-        return f"{_choice(rng, ('plain ', 'solid ', ''))}{bg.color} background"
+        return tuple(f"{word}{bg.color} background" for word in ("plain ", "solid ", ""))
     if bg.kind == "gradient":
-        return _choice(rng, (f"{bg.colors[0]} to {bg.colors[1]} gradient background", "gradient background"))
-    return f"{_choice(rng, ('noisy', 'textured', 'grainy'))} {bg.color} background"
+        return f"{bg.colors[0]} to {bg.colors[1]} gradient background", "gradient background"
+    return tuple(f"{word} {bg.color} background" for word in ("noisy", "textured", "grainy"))
 
 
-def _groups(scene: Scene, rng: np.random.Generator, with_size: bool) -> list[str]:
+def _groups(scene: Scene, with_size: bool) -> list[str]:
     """Noun phrases grouping equal (colour, shape) objects, left to right: ``"two red circles"``."""
     by_kind: dict[tuple[str, str], list[Obj]] = {}
     for o in sorted(scene.objects, key=lambda o: o.cx):
@@ -145,44 +146,62 @@ def _shape_summary(scene: Scene) -> str:
     return _join(parts)
 
 
+def _relation(a: Obj, b: Obj, side: int) -> str | None:
+    """``"a small red circle to the left of a blue square"`` (or ``above``); None when neither is clear."""
+    if _left_of(a, b, side):
+        rel = "to the left of"
+    elif _above(a, b, side):
+        rel = "above"
+    else:
+        return None
+    return f"{_article(a.size)} {a.size} {a.color} {a.shape} {rel} {_article(b.color)} {b.color} {b.shape}"
+
+
+def _object_pairs(scene: Scene) -> list[tuple[Obj, Obj]]:
+    return [(a, b) for a in scene.objects for b in scene.objects if a is not b]
+
+
 def _relation_phrase(scene: Scene, rng: np.random.Generator) -> str | None:
-    side = scene.size
-    pairs = [(a, b) for a in scene.objects for b in scene.objects if a is not b]
+    pairs = _object_pairs(scene)
     rng.shuffle(pairs)
-    for a, b in pairs:
-        left, above = _left_of(a, b, side), _above(a, b, side)
-        if left:
-            rel = "to the left of"
-        elif above:
-            rel = "above"
-        else:
-            continue
-        return f"{_article(a.size)} {a.size} {a.color} {a.shape} {rel} {_article(b.color)} {b.color} {b.shape}"
-    return None
+    return next((phrase for a, b in pairs if (phrase := _relation(a, b, scene.size)) is not None), None)
 
 
-def caption_pool(scene: Scene, rng: np.random.Generator) -> list[str]:
-    """All caption styles for a scene (each a full sentence), in a fixed order."""
+def _caption_forms(scene: Scene, bg: str, focus: Obj, relation: str | None) -> list[str]:
+    """The caption styles of a scene once its drawn choices are made: how the background is named,
+    the object in focus and the relation phrase (None when no pair has a clear relation)."""
     n = len(scene.objects)
-    bg = _background_phrase(scene, rng)
-    objs = _groups(scene, rng, with_size=True)
-    focus = scene.objects[int(rng.integers(n))]
+    objs = _groups(scene, with_size=True)
     focus_np = f"{_article(focus.size)} {focus.size} {focus.color} {focus.shape}"
     count_np = "a single shape" if n == 1 else f"{NUMBER_WORDS[n]} shapes"
     pool = [
         f"{_cap(_join(objs))} on a {bg}.",
-        f"{_cap(count_np)} on a {bg}: {_join(_groups(scene, rng, with_size=False))}.",
+        f"{_cap(count_np)} on a {bg}: {_join(_groups(scene, with_size=False))}.",
         f"There is {focus_np} {_position(focus, scene.size)} of the image.",
         f"An image with {_shape_summary(scene)}.",
         f"A {bg} with {_join(objs)}.",
-        f"The picture shows {_join(_groups(scene, rng, with_size=False))}.",
+        f"The picture shows {_join(_groups(scene, with_size=False))}.",
     ]
-    relation = _relation_phrase(scene, rng)
     if relation is not None:
         pool.append(f"{_cap(relation)} on a {bg}.")
     else:
         pool.append(f"{_cap(focus_np)} {_position(focus, scene.size)} of a {bg}.")
     return pool
+
+
+def caption_pool(scene: Scene, rng: np.random.Generator) -> list[str]:
+    """All caption styles for a scene (each a full sentence), in a fixed order."""
+    bg = _choice(rng, _background_phrases(scene))
+    focus = scene.objects[int(rng.integers(len(scene.objects)))]
+    return _caption_forms(scene, bg, focus, _relation_phrase(scene, rng))
+
+
+def caption_variants(scene: Scene) -> frozenset[str]:
+    """Every caption the generator can write for ``scene``, whatever it draws: a caption is true of
+    a scene exactly when it is one of these (the ground truth of the retrieval oracle)."""
+    relations = [phrase for a, b in _object_pairs(scene) if (phrase := _relation(a, b, scene.size)) is not None]
+    return frozenset(caption for bg in _background_phrases(scene) for focus in scene.objects
+                     for relation in (relations or [None]) for caption in _caption_forms(scene, bg, focus, relation))
 
 
 def captions(scene: Scene, rng: np.random.Generator, num: int = 5) -> list[str]:

@@ -19,6 +19,8 @@ from harness.finetune import (
 )
 from harness.per_item import load_per_item
 from harness.profiles import get_profile
+from harness.tables.retrieval import RECALLS
+from harness.world.oracle import world_retrieval_oracle as oracle_recalls
 
 
 @pytest.fixture
@@ -177,6 +179,10 @@ def test_table10_on_smoke(sandbox, tmp_path):
     assert "| BEiT-3 finetuned directly, Table 10 (paper) | 82.7 | 96.0 | 98.2 | 65.1 |" in text
     assert text.count("(ran)") == 6  # 3 recipes x (COCO, Flickr30K); the pretraining runs are separate
     assert "chance (the world's baseline)" in text
+    # the ceiling from the scenes' ground truth: on smoke every COCO test image is told apart by its captions
+    oracle = oracle_recalls("coco", "smoke", 0) | {f"f{k}": v for k, v in oracle_recalls("flickr30k", "smoke", 0).items()}
+    cells = " | ".join(f"{oracle[key]:.1f}" for key in (*RECALLS, *[f"f{r}" for r in RECALLS]))
+    assert f"| oracle ceiling (the scenes' ground truth) | {cells} | harness.world.oracle |" in text
 
 
 def test_imagenet_modes_and_the_head_size_from_the_class_folders(sandbox):

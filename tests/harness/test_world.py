@@ -18,7 +18,9 @@ from PIL import Image
 
 import harness.world as world
 from harness.world import build as world_build
-from harness.world import coco_karpathy, scenes, writers
+from harness.world import coco_karpathy, oracle, scenes, writers
+from harness.world.language import caption_variants, captions
+from harness.world.scenes import sample_scene
 
 COLORS_RGB = np.array(list(scenes.COLORS.values()))
 
@@ -383,3 +385,39 @@ def test_world_roots_are_parsed_in_one_place(tmp_path, monkeypatch, smoke):
     monkeypatch.setenv("BEIT3_DATA_ROOT", str(tmp_path))
     assert world.resolve_world_root("world:smoke") == str(target)
     assert world.resolve_world_root("data/vqav2") == "data/vqav2"
+
+
+# --- retrieval oracle -------------------------------------------------------------------------------
+def test_every_drawn_caption_is_one_of_the_scene_s_variants_and_few_fit_another_scene():
+    rng = np.random.default_rng(5)
+    scenes = [sample_scene(rng, 64, max_objects=4) for _ in range(200)]
+    for scene in scenes:
+        assert set(captions(scene, rng, 5)) <= caption_variants(scene)
+    # a caption names the background and its objects: it is rarely true of an unrelated scene
+    shared = np.mean([len(caption_variants(a) & caption_variants(b)) > 0 for a, b in zip(scenes, scenes[1:])])
+    assert shared < 0.5
+
+
+def test_the_oracle_regenerates_the_built_test_split_and_ranks_indistinguishable_images_at_random(smoke):
+    root, _ = smoke
+    coco = _json(root / "coco" / "dataset_coco.json")["images"]
+    built = [[s["raw"] for s in img["sentences"]] for img in coco if img["split"] == "test"]
+    drawn = [list(img.captions) for _, split, img in coco_karpathy.images(world.PROFILES["smoke"], 0) if split == "test"]
+    assert drawn == built  # the oracle reads the captions the world wrote
+    assert set(oracle.world_retrieval_oracle("coco", "smoke", 0)) == {
+        f"{d}_r{k}" for d in ("tr", "ir") for k in (1, 5, 10)}
+
+    twin = sample_scene(np.random.default_rng(1), 64, max_objects=4)
+    other = next(s for s in (sample_scene(np.random.default_rng(i), 64, max_objects=4) for i in range(2, 50))
+                 if not caption_variants(s) & caption_variants(twin))
+    caps = sorted(caption_variants(twin))
+    recalls = oracle.retrieval_oracle([(twin, caps[:5]), (twin, caps[5:10]), (other, sorted(caption_variants(other))[:5])])
+    # a twin's caption fits both twins: R@1 one half; 'other' is found for sure
+    assert recalls["ir_r1"] == pytest.approx(100 * (10 * 0.5 + 5 * 1.0) / 15)
+    assert recalls["ir_r5"] == 100.0
+    # a twin's 10 fitting captions are half its own: the first is its own with probability 1/2;
+    # the first 5 are all the other twin's with probability 1 / C(10, 5)
+    assert recalls["tr_r1"] == pytest.approx(100 * (0.5 + 0.5 + 1.0) / 3)
+    assert recalls["tr_r5"] == pytest.approx(100 * (2 * (1 - 1 / 252) + 1.0) / 3)
+    with pytest.raises(ValueError, match="no retrieval oracle for data set 'ade20k'"):
+        oracle.world_retrieval_oracle("ade20k", "smoke", 0)
