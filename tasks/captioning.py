@@ -60,7 +60,14 @@ from tasks.finetune_data import (
     resolve_root,
     shuffled_image_sources,
 )
-from tasks.heads import TaskModel, check_quirks, create_task_backbone, init_head_weights, transform_is_train
+from tasks.heads import (
+    TaskModel,
+    check_quirks,
+    create_task_backbone,
+    init_head_weights,
+    select_positions,
+    transform_is_train,
+)
 from tasks.spec import EvalResult, MetricSpec, TaskSpec, giant_recipe
 
 __all__ = [
@@ -188,6 +195,7 @@ class BEiT3ForCaptioning(TaskModel):
         language_masked_pos: torch.Tensor | None,
         text_len: int | None = None,
         incremental_state: dict[int, dict[str, Any]] | None = None,
+        num_masked: int | None = None,
     ) -> tuple[torch.Tensor, dict[int, dict[str, Any]] | None]:
         """Logits of the caption tokens (all, or only those at ``language_masked_pos``).
 
@@ -197,6 +205,8 @@ class BEiT3ForCaptioning(TaskModel):
             text_ids: (B, T) caption ids; in a decoding step the last ``T`` tokens of the caption.
             padding_mask: (B, T), 1 on pad tokens (ignored in decoding steps, as the official).
             language_masked_pos: (B, T) positions whose logits are returned; ``None`` for all.
+            num_masked: the number of True ``language_masked_pos`` when the host knows it (the batch's
+                ``num_masked``): the positions are then selected without a device read.
             text_len: caption length so far (``T`` unless decoding without the image).
             incremental_state: the KV cache, ``{layer: {"prev_key", "prev_value"}}``; filled in place.
 
@@ -245,7 +255,7 @@ class BEiT3ForCaptioning(TaskModel):
         )
         text_feats = out["encoder_out"] if image is None else out["encoder_out"][:, num_image_tokens:]
         if language_masked_pos is not None:
-            text_feats = text_feats[language_masked_pos.bool()]
+            text_feats = select_positions(text_feats, language_masked_pos, num_masked)
         return self.mlm_head(text_feats), incremental_state
 
 
@@ -372,7 +382,8 @@ def collate_train(
     Each item needs ``image`` (a transformed (3, H, W) tensor), ``text`` (the raw caption) and
     ``image_id``. Captions are cut to ``max_len`` tokens with ``<s>``/``</s>`` (``tokenizer(texts,
     max_len)``) and corrupted by :func:`mask_caption_tokens`. Returns the official batch keys
-    ``image, language_tokens, masked_tokens, language_masked_pos, padding_mask, image_id``.
+    ``image, language_tokens, masked_tokens, language_masked_pos, padding_mask, image_id``, plus
+    ``num_masked`` (a Python int: the masked positions, counted on the host).
     """
     if not items:
         raise ValueError("collate_train got an empty batch")
@@ -392,6 +403,7 @@ def collate_train(
         "language_masked_pos": masked_pos,
         "padding_mask": encoded["padding_mask"],
         "image_id": torch.tensor([int(item["image_id"]) for item in items]),
+        "num_masked": int(masked_pos.sum()),  # on the host: the model selects without a device read
     }
 
 
@@ -404,8 +416,9 @@ def captioning_loss(
         text_ids=batch["masked_tokens"],
         padding_mask=batch["padding_mask"],
         language_masked_pos=batch["language_masked_pos"],
+        num_masked=batch.get("num_masked"),
     )
-    labels = batch["language_tokens"][batch["language_masked_pos"].bool()]
+    labels = select_positions(batch["language_tokens"], batch["language_masked_pos"], batch.get("num_masked"))
     acc = (logits.argmax(dim=-1) == labels).float().sum() / batch["language_masked_pos"].sum()
     return {"loss": criterion(logits, labels, global_step), "acc": acc}
 

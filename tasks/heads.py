@@ -10,6 +10,8 @@
   is the ×0.001 rescale of the NLVR2 and ImageNet heads.
 - :class:`Pooler` (VQA) and :class:`TwoLayerMLP` (NLVR2) with the official sub-module names.
 - :func:`transform_is_train`: which image transform a split gets, with the ``quirks`` switch.
+- :func:`select_positions`: ``x[positions]`` of a (B, T) bool mask, without a device read when the
+  number of selected positions is given (the data pipeline counts its masks on the host).
 """
 from __future__ import annotations
 
@@ -172,4 +174,15 @@ def transform_is_train(split: str, quirks: str = "fixed") -> bool:
         return quirks == "official"
     return False
 
+
+def select_positions(x: torch.Tensor, positions: torch.Tensor, count: int | None = None) -> torch.Tensor:
+    """``x[positions]`` for a (B, T) bool ``positions`` and ``x`` of shape (B, T, ...), in the same
+    (row-major) order. Boolean indexing must learn the output size from the device (a host sync per
+    call on a GPU); with ``count`` (the number of True positions, known on the host) the indices come
+    from ``nonzero_static`` and nothing waits. A wrong ``count`` would select wrong rows: pass the
+    count of exactly this mask."""
+    if count is None:
+        return x[positions.to(torch.bool)]
+    index = torch.nonzero_static(positions.reshape(-1).to(torch.bool), size=count).squeeze(1)
+    return x.reshape(-1, *x.shape[2:]).index_select(0, index)
 

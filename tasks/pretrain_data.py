@@ -12,7 +12,9 @@
   ``pair_text_labels``; with ``pair_image_mask_ratio > 0`` also ``pair_image_mask`` and
   ``pair_image_codes``;
 - **always**: ``model_seed``, a long scalar: a per-step, per-rank seed for randomness the model draws
-  itself (VLMo's hard negatives).
+  itself (VLMo's hard negatives); ``num_masked``, a dict of Python ints: the True count of each mask
+  present (``image_mask``, ``pair_image_mask``; ``text_labels``/``pair_text_labels`` != -100), counted
+  on the host so the model selects the masked positions without a device read.
 
 B is the stream's batch size, N the number of patches, L the text length.
 
@@ -443,6 +445,11 @@ class PretrainingData:
         if tuple(codes.shape) != expected:
             raise ValueError(f"the visual tokenizer gave codes of shape {tuple(codes.shape)}, expected {expected} "
                              f"(one per {self.patch_size}px patch of {self.img_size}px images)")
+        # Checked here, on the host, where the codes are made: the model reads none back from the device.
+        num_codes = getattr(tokenizer, "num_codes", None)
+        if codes.numel() and (int(codes.min()) < 0 or (num_codes is not None and int(codes.max()) >= num_codes)):
+            raise ValueError(f"the visual tokenizer gave codes in [{int(codes.min())}, {int(codes.max())}], outside "
+                             f"its codebook of {num_codes}: check its checkpoint")
         return codes
 
     def _images(self, items: list[Any], stream: str, transform: Callable, generator: torch.Generator) -> torch.Tensor:
@@ -497,6 +504,10 @@ class PretrainingData:
             self._stats["pair_text_tokens"] += int((padding == 0).sum())
         model_rng, _ = self._generators(_MODEL_SEED_STREAM)
         batch["model_seed"] = torch.tensor(int(model_rng.integers(2**62)), dtype=torch.long)
+        # Counted on the host: the model selects the masked positions without reading the device.
+        batch["num_masked"] = {key: int(batch[key].sum()) for key in ("image_mask", "pair_image_mask") if key in batch}
+        batch["num_masked"] |= {key: int((batch[key] != -100).sum())
+                                for key in ("text_labels", "pair_text_labels") if key in batch}
         self.step += 1
         return batch
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbones import BEiT3Backbone
-from tasks.heads import TaskModel, create_task_backbone, init_head_weights
+from tasks.heads import TaskModel, create_task_backbone, init_head_weights, select_positions
 from tasks.pretrain_data import DATA_DEFAULTS as PRETRAINING_DATA_DEFAULTS
 from tasks.spec import TaskSpec
 
@@ -47,7 +47,8 @@ DEFAULT_NUM_VISUAL_TOKENS = 8192  # BEiT-v2 VQ-KD codebook
 
 
 def masked_prediction(
-    head: nn.Module, features: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor
+    head: nn.Module, features: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor,
+    count: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Cross-entropy and accuracy of ``head`` at the selected positions only.
 
@@ -56,6 +57,8 @@ def masked_prediction(
         features: (B, T, D) encoder outputs.
         positions: (B, T) bool, the positions to predict.
         targets: (B, T) long targets (read only at ``positions``).
+        count: the number of True ``positions`` when the host knows it (the batch's ``num_masked``):
+            the selection then never waits for the device (:func:`tasks.heads.select_positions`).
 
     Returns:
         ``(mean CE, accuracy, number of predicted positions)``. With no position selected the loss
@@ -67,10 +70,9 @@ def masked_prediction(
             f"positions {tuple(positions.shape)} and targets {tuple(targets.shape)} must both be "
             f"{tuple(features.shape[:2])} (batch, tokens)"
         )
-    positions = positions.to(torch.bool)
-    selected = features[positions]  # gather first: the head never sees unmasked positions
+    selected = select_positions(features, positions, count)  # gather first: the head never sees unmasked positions
     logits = head(selected)
-    labels = targets[positions]
+    labels = select_positions(targets, positions, count)
     if labels.numel() == 0:
         return logits.sum() * 0.0, torch.full((), float("nan"), device=features.device), 0
     loss = F.cross_entropy(logits.float(), labels)
@@ -108,17 +110,19 @@ class BEiT3ForMaskedDataModeling(TaskModel):
         self.mim_head.apply(init_head_weights)
 
     # -- the three streams ------------------------------------------------------------------------
-    def image_mim(self, image: torch.Tensor, image_mask: torch.Tensor, image_codes: torch.Tensor):
-        """MIM on images: masked patches become the mask token; predict their codes."""
-        self._check_codes(image_codes)
+    def image_mim(self, image: torch.Tensor, image_mask: torch.Tensor, image_codes: torch.Tensor,
+                  count: int | None = None):
+        """MIM on images: masked patches become the mask token; predict their codes (``count``: the
+        number of masked patches, when the host knows it)."""
         out = self.beit3(visual_tokens=image, vision_masked_position=image_mask)
         patches = out["encoder_out"][:, 1:]  # drop the cls token
-        return masked_prediction(self.mim_head, patches, image_mask, image_codes)
+        return masked_prediction(self.mim_head, patches, image_mask, image_codes, count)
 
-    def text_mlm(self, text_ids: torch.Tensor, padding_mask: torch.Tensor, labels: torch.Tensor):
+    def text_mlm(self, text_ids: torch.Tensor, padding_mask: torch.Tensor, labels: torch.Tensor,
+                 count: int | None = None):
         """MLM on texts: ``text_ids`` are already corrupted; predict ``labels`` where != -100."""
         out = self.beit3(textual_tokens=text_ids, text_padding_position=padding_mask)
-        return masked_prediction(self.mlm_head, out["encoder_out"], labels != IGNORE_INDEX, labels)
+        return masked_prediction(self.mlm_head, out["encoder_out"], labels != IGNORE_INDEX, labels, count)
 
     def pair_mdm(
         self,
@@ -128,6 +132,8 @@ class BEiT3ForMaskedDataModeling(TaskModel):
         labels: torch.Tensor,
         image_mask: torch.Tensor | None = None,
         image_codes: torch.Tensor | None = None,
+        text_count: int | None = None,
+        image_count: int | None = None,
     ):
         """MLM (and optionally MIM) on image-text pairs, image tokens first as the official layout."""
         out = self.beit3(
@@ -135,21 +141,13 @@ class BEiT3ForMaskedDataModeling(TaskModel):
             vision_masked_position=image_mask,
         )
         x, split = out["encoder_out"], out["multiway_split_position"]
-        mlm = masked_prediction(self.mlm_head, x[:, split:], labels != IGNORE_INDEX, labels)
+        mlm = masked_prediction(self.mlm_head, x[:, split:], labels != IGNORE_INDEX, labels, text_count)
         mim = None
         if image_mask is not None:
-            self._check_codes(image_codes)
-            mim = masked_prediction(self.mim_head, x[:, 1:split], image_mask, image_codes)
+            if image_codes is None:
+                raise KeyError("masked image modeling needs the visual-token targets (image_codes / pair_image_codes)")
+            mim = masked_prediction(self.mim_head, x[:, 1:split], image_mask, image_codes, image_count)
         return mlm, mim
-
-    def _check_codes(self, codes: torch.Tensor | None) -> None:
-        if codes is None:
-            raise KeyError("masked image modeling needs the visual-token targets (image_codes / pair_image_codes)")
-        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.num_visual_tokens):
-            raise ValueError(
-                f"visual-token codes span [{int(codes.min())}, {int(codes.max())}] but the MIM head has "
-                f"{self.num_visual_tokens} classes: build the model with num_visual_tokens = the tokenizer's num_codes"
-            )
 
     # -- forward ---------------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -161,17 +159,21 @@ class BEiT3ForMaskedDataModeling(TaskModel):
             predicted positions ``*_count``, for the streams present.
         """
         terms: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
+        counts = batch.get("num_masked", {})  # host-side counts of the masks: no device read to select
         if "image" in batch:
             _check_keys(batch, "image", self.IMAGE_KEYS)
-            terms["mim"] = self.image_mim(batch["image"], batch["image_mask"], batch["image_codes"])
+            terms["mim"] = self.image_mim(batch["image"], batch["image_mask"], batch["image_codes"],
+                                          counts.get("image_mask"))
         if "text_ids" in batch:
             _check_keys(batch, "text", self.TEXT_KEYS)
-            terms["mlm"] = self.text_mlm(batch["text_ids"], batch["text_padding_mask"], batch["text_labels"])
+            terms["mlm"] = self.text_mlm(batch["text_ids"], batch["text_padding_mask"], batch["text_labels"],
+                                         counts.get("text_labels"))
         if "pair_image" in batch:
             _check_keys(batch, "pair", self.PAIR_KEYS)
             mlm, mim = self.pair_mdm(
                 batch["pair_image"], batch["pair_text_ids"], batch["pair_padding_mask"], batch["pair_text_labels"],
                 batch.get("pair_image_mask"), batch.get("pair_image_codes"),
+                counts.get("pair_text_labels"), counts.get("pair_image_mask"),
             )
             terms["pair_mlm"] = mlm
             if mim is not None:

@@ -250,16 +250,15 @@ class VLMoForPretraining(TaskModel):
         self.itm_generator = torch.Generator().manual_seed(itm_seed)
 
     # -- stage 1 and 2 ---------------------------------------------------------------------------
-    def image_mim(self, image: torch.Tensor, image_mask: torch.Tensor, image_codes: torch.Tensor):
-        if image_codes.numel() and int(image_codes.max()) >= self.num_visual_tokens:
-            raise ValueError(f"visual-token codes reach {int(image_codes.max())} but the MIM head has "
-                             f"{self.num_visual_tokens} classes")
+    def image_mim(self, image: torch.Tensor, image_mask: torch.Tensor, image_codes: torch.Tensor,
+                  count: int | None = None):
         out = self.beit3(visual_tokens=image, vision_masked_position=image_mask)
-        return masked_prediction(self.mim_head, out["encoder_out"][:, 1:], image_mask, image_codes)
+        return masked_prediction(self.mim_head, out["encoder_out"][:, 1:], image_mask, image_codes, count)
 
-    def text_mlm(self, text_ids: torch.Tensor, padding_mask: torch.Tensor, labels: torch.Tensor):
+    def text_mlm(self, text_ids: torch.Tensor, padding_mask: torch.Tensor, labels: torch.Tensor,
+                 count: int | None = None):
         out = self.beit3(textual_tokens=text_ids, text_padding_position=padding_mask)
-        return masked_prediction(self.mlm_head, out["encoder_out"], labels != IGNORE_INDEX, labels)
+        return masked_prediction(self.mlm_head, out["encoder_out"], labels != IGNORE_INDEX, labels, count)
 
     # -- stage 3 ---------------------------------------------------------------------------------
     def _vl_branch_first_token(self, states: list[torch.Tensor], split_position: int,
@@ -340,7 +339,8 @@ class VLMoForPretraining(TaskModel):
         # MLM on the pair (masked text, whole image)
         out = self.beit3(textual_tokens=masked_ids, visual_tokens=image, text_padding_position=padding)
         split = out["multiway_split_position"]
-        mlm = masked_prediction(self.mlm_head, out["encoder_out"][:, split:], labels != IGNORE_INDEX, labels)
+        mlm = masked_prediction(self.mlm_head, out["encoder_out"][:, split:], labels != IGNORE_INDEX, labels,
+                                batch.get("num_masked", {}).get("pair_text_labels"))
 
         mlm_loss, mlm_acc, mlm_count = mlm
         return {
@@ -363,16 +363,19 @@ class VLMoForPretraining(TaskModel):
             ``pair_mlm_loss``, ``pair_mlm_acc`` (+ ``itc_ffn_loss``, ``itc_vlffn_loss``,
             ``itc_vl_*_acc`` with the VL branch), and ``*_count`` (predictions per objective).
         """
+        counts = batch.get("num_masked", {})  # host-side counts of the masks: no device read to select
         if stage == 1:
             for key in ("image", "image_mask", "image_codes"):
                 if key not in batch:
                     raise KeyError(f"VLMo stage 1 needs the image stream; the batch lacks {key!r}")
-            return summarize({"mim": self.image_mim(batch["image"], batch["image_mask"], batch["image_codes"])})
+            return summarize({"mim": self.image_mim(batch["image"], batch["image_mask"], batch["image_codes"],
+                                                    counts.get("image_mask"))})
         if stage == 2:
             for key in ("text_ids", "text_padding_mask", "text_labels"):
                 if key not in batch:
                     raise KeyError(f"VLMo stage 2 needs the text stream; the batch lacks {key!r}")
-            mlm = self.text_mlm(batch["text_ids"], batch["text_padding_mask"], batch["text_labels"])
+            mlm = self.text_mlm(batch["text_ids"], batch["text_padding_mask"], batch["text_labels"],
+                                counts.get("text_labels"))
             return summarize({"mlm": mlm})
         if stage == 3:
             return self.image_text(batch)

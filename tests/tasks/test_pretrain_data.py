@@ -51,6 +51,9 @@ def make(text_tokenizer, visual_tokenizer, **kwargs):
 def assert_same(a, b):
     assert a.keys() == b.keys()
     for key in a:
+        if isinstance(a[key], dict):  # num_masked: host-side counts
+            assert a[key] == b[key], key
+            continue
         assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
 
 
@@ -70,7 +73,9 @@ def test_batch_schema_and_masking_rates(text_tokenizer, visual_tokenizer):
         "pair_padding_mask": ((2, 12), torch.long), "pair_text_labels": ((2, 12), torch.long),
         "model_seed": ((), torch.long),
     }
-    assert set(batch) == set(shapes)
+    assert set(batch) == set(shapes) | {"num_masked"}
+    assert batch["num_masked"] == {"image_mask": 12, "text_labels": int((batch["text_labels"] != -100).sum()),
+                                   "pair_text_labels": int((batch["pair_text_labels"] != -100).sum())}
     for key, (shape, dtype) in shapes.items():
         assert tuple(batch[key].shape) == shape and batch[key].dtype == dtype, key
     assert batch["image"].min() >= -1 and batch["image"].max() <= 1  # mean = std = 0.5
@@ -167,7 +172,7 @@ def test_resume_with_folder_corpus_and_shards(text_tokenizer, visual_tokenizer, 
 
 def test_streams_mixture_and_batch_sizes(text_tokenizer, visual_tokenizer):
     only_images = make(text_tokenizer, visual_tokenizer, streams=("image",)).next_batch()
-    assert set(only_images) == {"image", "image_mask", "image_codes", "model_seed"}
+    assert set(only_images) == {"image", "image_mask", "image_codes", "model_seed", "num_masked"}
     mixed = make(text_tokenizer, visual_tokenizer, mixture=(2, 1, 0)).next_batch()
     assert mixed["image"].shape[0] == 4 and mixed["text_ids"].shape[0] == 2 and "pair_image" not in mixed
     sized = make(text_tokenizer, visual_tokenizer, batch_size={"text": 3, "pair": 1})
@@ -305,3 +310,15 @@ def test_samples_per_batch_counts_every_stream():
     data.batch_sizes = {"image": 4, "text": 4, "pair": 8}
     data.streams = ("image", "pair")
     assert data.samples_per_batch == 12
+
+
+def test_codes_outside_the_tokenizer_s_codebook_are_refused_where_they_are_made(text_tokenizer, visual_tokenizer):
+    class Broken:
+        patch_size, num_codes = 16, NUM_CODES
+
+        def get_codebook_indices(self, images):
+            return visual_tokenizer.get_codebook_indices(images) + NUM_CODES
+
+    with pytest.raises(ValueError, match=f"outside its codebook of {NUM_CODES}: check its checkpoint"):
+        make(text_tokenizer, Broken(), streams=("image",)).next_batch()
+

@@ -397,3 +397,17 @@ def test_vqa_build_dataset_passes_quirks_to_the_reader(tmp_path):
     assert "RandomResizedCrop" in repr(official.transform)
     with pytest.raises(ValueError, match="unknown quirks"):
         vqav2.build_dataset(tmp_path / "q.json", tmp_path, "val", quirks="buggy", **kwargs)
+
+
+def test_select_positions_with_a_host_count_equals_boolean_indexing():
+    from tasks.heads import select_positions
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 7, 5, generator=generator)[:, 1:]  # a strided view, as the encoder-output slices
+    for p in (0.0, 0.3, 1.0):
+        positions = torch.rand(3, 6, generator=generator) < p
+        expected = x[positions]
+        assert torch.equal(select_positions(x, positions, int(positions.sum())), expected)
+        assert torch.equal(select_positions(x, positions), expected)
+        targets = torch.randint(0, 9, (3, 6), generator=generator)
+        assert torch.equal(select_positions(targets, positions, int(positions.sum())), targets[positions])
