@@ -61,6 +61,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from tasks.data.images import DataError
 from tasks.data.masking import (
+    IGNORE_INDEX,
     IMAGE_MASK_RATIO,
     PAIR_MASK_PROB,
     TEXT_ONLY_MASK_PROB,
@@ -506,7 +507,7 @@ class PretrainingData:
         batch["model_seed"] = torch.tensor(int(model_rng.integers(2**62)), dtype=torch.long)
         # Counted on the host: the model selects the masked positions without reading the device.
         batch["num_masked"] = {key: int(batch[key].sum()) for key in ("image_mask", "pair_image_mask") if key in batch}
-        batch["num_masked"] |= {key: int((batch[key] != -100).sum())
+        batch["num_masked"] |= {key: int((batch[key] != IGNORE_INDEX).sum())
                                 for key in ("text_labels", "pair_text_labels") if key in batch}
         self.step += 1
         return batch
