@@ -28,7 +28,7 @@ Karpathy file, or a world directory), ``dataset`` (``coco`` / ``flickr30k``), ``
 ``dataset_coco.json`` / ``dataset_flickr30k.json``), ``source`` (``karpathy`` / ``pretraining_pairs``),
 ``shards`` (pretraining pairs: a brace pattern, glob or list relative to ``root``; a world's pairs by
 default), ``shuffle_buffer`` (pairs), ``tokenizer``, ``split``, ``batch_size`` (per rank), ``img_size``
-(default the model's), ``max_len``, ``randaug``, ``quirks``, ``num_workers``.
+(default the model's), ``max_len``, ``randaug``, ``quirks``, ``num_workers``, ``gallery_size`` (evaluation).
 """
 from __future__ import annotations
 
@@ -270,6 +270,9 @@ DATA_DEFAULTS: dict[str, Any] = {
     "quirks": "fixed",
     "num_workers": 0,
     "skip_bad": False,  # skip (and count, data.num_skipped) malformed records instead of raising
+    # Evaluation: images per gallery, scored as the mean over consecutive galleries (COCO's "1K test");
+    # default the world's ``gallery_size`` (world.json), else the whole split as one gallery.
+    "gallery_size": None,
 }
 DATASETS = {"coco": ("coco_karpathy", "dataset_coco.json"), "flickr30k": ("flickr30k", "dataset_flickr30k.json")}
 SOURCES = ("karpathy", "pretraining_pairs")
@@ -415,13 +418,14 @@ def evaluate(
             encoded = to_device(tokenizer(texts[start:start + batch_size], max_len=cfg["max_len"]), device)
             text_feats.append(model(text_description=encoded["text_ids"], padding_mask=encoded["padding_mask"],
                                     only_infer=True)[1].float().cpu())
+    entry = root.world_entry(DATASETS[cfg["dataset"]][0]) or {}
     return score_features(torch.cat(image_feats), torch.cat(text_feats), text_to_image, image_ids,
-                          caption_ids=captions, split=split)
+                          caption_ids=captions, split=split, gallery_size=cfg["gallery_size"] or entry.get("gallery_size"))
 
 
 def score_features(image_feats: torch.Tensor, text_feats: torch.Tensor, text_to_image: torch.Tensor,
                    image_ids: torch.Tensor, *, caption_ids: Sequence[int] | None = None,
-                   split: str = "test") -> EvalResult:
+                   split: str = "test", gallery_size: int | None = None) -> EvalResult:
     """Rank every image against the captions and every caption against the images
     (:func:`tasks.metrics.retrieval.retrieval_ranks`): one row per query.
 
@@ -430,10 +434,34 @@ def score_features(image_feats: torch.Tensor, text_feats: torch.Tensor, text_to_
     it) ``ir_r1/5/10``: 100 for a hit at k, else 0, empty in the other direction's rows. ``rank`` is
     the 1-based rank of the true match (an image's best-ranked caption), ``cluster_id`` the image the
     query belongs to, ``prediction`` the image of the first-ranked result.
+
+    With ``gallery_size``, the images (in order) form consecutive galleries of that many images, each
+    with its captions; a query is ranked within its gallery (column ``gallery``), and the recalls are the
+    mean over all queries, which is the mean over the galleries when they are equal (COCO's "1K test").
     """
+    caption_ids = list(range(len(text_to_image))) if caption_ids is None else list(caption_ids)
+    if not gallery_size:
+        items = _ranked_rows(image_feats, text_feats, text_to_image, image_ids, caption_ids, split)
+    else:
+        frames = []
+        for gallery, start in enumerate(range(0, len(image_ids), gallery_size)):
+            ids = image_ids[start:start + gallery_size]
+            texts = torch.isin(text_to_image, ids).nonzero().flatten()
+            frame = _ranked_rows(image_feats[start:start + gallery_size], text_feats[texts], text_to_image[texts], ids,
+                                 [caption_ids[i] for i in texts.tolist()], split)
+            frames.append(frame.assign(gallery=gallery))
+        items = pd.concat(frames, ignore_index=True)
+    metrics = SPEC.aggregate(items)
+    recalls = [metrics[f"{d}_r{k}"] for d in ("tr", "ir") for k in RECALL_CUTOFFS]
+    metrics["average_score"] = sum(recalls) / len(recalls)
+    num_images = float((items["direction"] == "i2t").sum())
+    return EvalResult({**metrics, "num_images": num_images, "num_captions": float(len(items) - num_images)}, items)
+
+
+def _ranked_rows(image_feats: torch.Tensor, text_feats: torch.Tensor, text_to_image: torch.Tensor,
+                 image_ids: torch.Tensor, caption_ids: Sequence[int], split: str) -> pd.DataFrame:
     ranks = retrieval_ranks(image_feats, text_feats, text_to_image, image_ids, split=split)
     ids = ranks.image_ids.tolist()
-    caption_ids = list(range(len(text_to_image))) if caption_ids is None else list(caption_ids)
     images = pd.DataFrame({
         "item_id": [f"i2t:{i}" for i in ids], "cluster_id": [str(i) for i in ids],
         "prediction": [str(i) for i in text_to_image[ranks.image_top1].tolist()], "direction": "i2t",
@@ -446,11 +474,7 @@ def score_features(image_feats: torch.Tensor, text_feats: torch.Tensor, text_to_
         "rank": (ranks.text_rank + 1).numpy(),
         **{f"ir_r{k}": 100.0 * (ranks.text_rank < k).double().numpy() for k in RECALL_CUTOFFS},
     })
-    items = pd.concat([images, texts], ignore_index=True)
-    metrics = SPEC.aggregate(items)
-    recalls = [metrics[f"{d}_r{k}"] for d in ("tr", "ir") for k in RECALL_CUTOFFS]
-    metrics["average_score"] = sum(recalls) / len(recalls)
-    return EvalResult({**metrics, "num_images": float(len(images)), "num_captions": float(len(texts))}, items)
+    return pd.concat([images, texts], ignore_index=True)
 
 def variant_recipes(variant: Mapping[str, Any]) -> dict[str, dict[str, Any]] | None:
     """The intermediate ITC stage's recipe (any size) for ``source="pretraining_pairs"``; Flickr30K's

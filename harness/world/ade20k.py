@@ -24,7 +24,7 @@ def build(root: Path, prof: WorldProfile, seed: int) -> Part:
     val_labels = []
     for split, prefix, n in zip(("training", "validation"), ("ADE_train", "ADE_val"), prof.ade_splits):
         for k in range(1, n + 1):
-            scene = sample_scene(rng, size, max_objects=prof.dense_max_objects, scale=DENSE_SCALE)
+            scene = sample_scene(rng, size, max_objects=prof.dense_max_objects, scale=DENSE_SCALE, **prof.vocabulary)
             label = render_labels(scene)
             writers.save_image(render(scene), root / "ade" / "images" / split / f"{prefix}_{k:08d}.jpg")
             writers.save_image(label, root / "ade" / "annotations" / split / f"{prefix}_{k:08d}.png")

@@ -19,14 +19,15 @@ from pathlib import Path
 from tasks.data.world_root import MANIFEST_NAME, load_manifest, world_profile
 
 from . import ade20k, coco_instances, coco_karpathy, flickr30k, image_only, imagenet, nlvr2, pairs, spm, text, vqav2
-from .language import VOCABULARY
+from .controls import CONTROLS
 from .profiles import WorldProfile, get_profile
 from .readme import WORLD_NAME, collect_paths, render_readme
+from .scenes import BACKGROUND_COLORS, SIZES
 
 __all__ = ["VERSION", "MANIFEST_NAME", "build_world", "ensure_world", "load_manifest", "resolve_world_root",
            "world_dir_name"]
 
-VERSION = "1"
+VERSION = "2"
 
 
 def _build_into(root: Path, prof: WorldProfile, seed: int) -> dict:
@@ -61,7 +62,10 @@ def _build_into(root: Path, prof: WorldProfile, seed: int) -> dict:
         "datasets": {name: part.entry for name, part in parts.items()},
         "counts": {name: part.counts for name, part in parts.items()},
         "baselines": {name: part.baselines for name, part in parts.items() if part.baselines},
-        "vocabulary": VOCABULARY,
+        "vocabulary": {"shapes": list(prof.shapes), "colors": list(prof.colors), "sizes": list(SIZES),
+                       "background_colors": list(BACKGROUND_COLORS), "question_families": list(prof.question_families),
+                       "statement_templates": list(prof.statement_templates)},
+        "controls": CONTROLS,
         "paths": sorted(paths),
     }
     (root / "README.md").write_text(render_readme(manifest), encoding="utf-8")
@@ -141,10 +145,18 @@ def world_dir_name(profile: str, seed: int = 0) -> str:
 
 
 def resolve_world_root(root: str) -> str:
-    """The built world's directory for a ``world:<profile>`` data root (built on first use under the
-    default root, see :func:`ensure_world`); any other root unchanged."""
-    profile = world_profile(root)
-    return root if profile is None else str(ensure_world(profile))
+    """The built world's directory for a ``world:<profile>`` or ``world:<profile>:<seed>`` data root
+    (seed 0 by default; built on first use under the default root, see :func:`ensure_world`); any other
+    root unchanged. Another seed draws an independent world of the same profile: the calibration data
+    of ``benchmarks/sweep_mini_finetune.py``, disjoint from every reported split."""
+    world = world_profile(root)
+    if world is None:
+        return root
+    profile, _, seed = world.partition(":")
+    if seed and not seed.isdigit():
+        raise ValueError(f"data root {root!r}: the world seed {seed!r} is not a non-negative integer; "
+                         "write world:<profile> or world:<profile>:<seed>, e.g. world:mini:1")
+    return str(ensure_world(profile, seed=int(seed or 0)))
 
 
 def ensure_world(profile: str = "smoke", root: str | Path | None = None, seed: int = 0) -> Path:

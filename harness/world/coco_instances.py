@@ -23,7 +23,7 @@ def build(root: Path, prof: WorldProfile, seed: int) -> Part:
     for split, n in zip(("train2017", "val2017"), prof.instances_splits):
         images, annotations = [], []
         for image_id in ids[offset: offset + n]:
-            scene = sample_scene(rng, size, max_objects=prof.dense_max_objects, scale=DENSE_SCALE)
+            scene = sample_scene(rng, size, max_objects=prof.dense_max_objects, scale=DENSE_SCALE, **prof.vocabulary)
             file_name = f"{image_id:012d}.jpg"
             writers.save_image(render(scene), root / "coco" / split / file_name)
             images.append({"license": 1, "file_name": file_name, "coco_url": "", "height": size, "width": size,

@@ -38,6 +38,22 @@ def karpathy_entry(imgid: int, split: str, filename: str, caps: list[str], senti
     return entry
 
 
+def gallery_entry(prof: WorldProfile) -> dict:
+    """The manifest key that tells the retrieval task its galleries (none: the whole split)."""
+    return {} if prof.retrieval_gallery_size is None else {"gallery_size": prof.retrieval_gallery_size}
+
+
+def chance_r1(prof: WorldProfile, split_sizes: dict[str, int]) -> dict[str, float]:
+    """R@1 of a random ranking per split: each image's chance in its gallery (the split's consecutive
+    galleries of ``retrieval_gallery_size`` images, or the whole split), averaged over the images."""
+    out = {}
+    for split, n in split_sizes.items():
+        size = prof.retrieval_gallery_size or max(n, 1)
+        num_galleries = -(-n // size)  # each gallery's images sum to 1 hit: its number over n images
+        out[split] = round(num_galleries / max(n, 1), 4)
+    return out
+
+
 def images(prof: WorldProfile, seed: int) -> Iterator[tuple[int, str, CocoImage]]:
     """``(imgid, Karpathy split or "test2015", image)`` of every COCO image in order, drawn without
     rendering: the scenes and captions :func:`build` writes (the retrieval oracle reads them)."""
@@ -47,7 +63,7 @@ def images(prof: WorldProfile, seed: int) -> Iterator[tuple[int, str, CocoImage]
     ids = unique_ids(rng, len(splits) + prof.vqa_test_images)
     for imgid, (split, cocoid) in enumerate(zip(splits + ["test2015"] * prof.vqa_test_images, ids)):
         subset = "train2014" if split == "train" else "test2015" if split == "test2015" else "val2014"
-        scene = sample_scene(rng, prof.image_size, max_objects=prof.max_objects)
+        scene = sample_scene(rng, prof.image_size, max_objects=prof.max_objects, **prof.vocabulary)
         caps = captions(scene, rng, 5) if split != "test2015" else []
         yield imgid, split, CocoImage(subset, cocoid, scene, tuple(caps))
 
@@ -78,10 +94,9 @@ def build(root: Path, prof: WorldProfile, seed: int) -> tuple[Part, list[CocoIma
             "annotation": "coco/dataset_coco.json",
             "images": {"train2014": "coco/train2014", "val2014": "coco/val2014"},
             "caption_gt": {"val": "coco/coco_karpathy_val_gt.json", "test": "coco/coco_karpathy_test_gt.json"},
-        },
+        } | gallery_entry(prof),
         counts={"images": dict(zip(("train", "restval", "val", "test"), prof.coco_splits)), "captions": sentid},
-        baselines={"retrieval_chance_r1": {split: round(1 / max(n, 1), 4)
-                                           for split, n in zip(("val", "test"), prof.coco_splits[2:])}},
+        baselines={"retrieval_chance_r1": chance_r1(prof, dict(zip(("val", "test"), prof.coco_splits[2:])))},
         texts=texts,
     )
     return part, coco_images

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import writers
-from .coco_karpathy import karpathy_entry
+from .coco_karpathy import chance_r1, gallery_entry, karpathy_entry
 from .language import captions
 from .part import Part, stream_rng, unique_ids
 from .profiles import WorldProfile
@@ -22,7 +22,7 @@ def images(prof: WorldProfile, seed: int) -> Iterator[tuple[str, int, Scene, lis
     splits = [split for split, n in zip(("train", "val", "test"), prof.flickr_splits) for _ in range(n)]
     names = [1_000_000_000 + i for i in unique_ids(rng, len(splits), high=3_000_000_000)]
     for split, name in zip(splits, names):
-        scene = sample_scene(rng, prof.image_size, max_objects=prof.max_objects)
+        scene = sample_scene(rng, prof.image_size, max_objects=prof.max_objects, **prof.vocabulary)
         yield split, name, scene, captions(scene, rng, 5)
 
 
@@ -39,8 +39,8 @@ def build(root: Path, prof: WorldProfile, seed: int) -> Part:
     writers.write_json(writers.karpathy_json(entries, "flickr30k"), root / "flickr30k" / "dataset_flickr30k.json")
     return Part(
         entry={"format": "karpathy", "root": "flickr30k", "annotation": "flickr30k/dataset_flickr30k.json",
-               "images": "flickr30k/flickr30k-images"},
+               "images": "flickr30k/flickr30k-images"} | gallery_entry(prof),
         counts={"images": {"train": n_train, "val": n_val, "test": n_test}, "captions": sentid},
-        baselines={"retrieval_chance_r1": {"val": round(1 / max(n_val, 1), 4), "test": round(1 / max(n_test, 1), 4)}},
+        baselines={"retrieval_chance_r1": chance_r1(prof, {"val": n_val, "test": n_test})},
         texts=texts,
     )

@@ -8,21 +8,22 @@ from . import writers
 from .part import Part, stream_rng
 from .priors import majority_accuracy
 from .profiles import WorldProfile
-from .scenes import COLORS, SHAPES, render, sample_scene
+from .scenes import render, sample_scene
 
 __all__ = ["classes", "build"]
 
 
-def classes() -> list[tuple[str, str, str]]:
-    """(wnid-like id, shape, colour) of every class; sorted ids give the class index order."""
-    combos = [(shape, color) for shape in SHAPES for color in COLORS]
+def classes(prof: WorldProfile) -> list[tuple[str, str, str]]:
+    """(wnid-like id, shape, colour) of every class, one per shape and colour of the profile; sorted ids
+    give the class index order."""
+    combos = [(shape, color) for shape in prof.shapes for color in prof.colors]
     return [(f"n{90_000_000 + i:08d}", shape, color) for i, (shape, color) in enumerate(combos)]
 
 
 def build(root: Path, prof: WorldProfile, seed: int) -> Part:
     """Write ``imagenet/{train,val}/<wnid>/`` and ``classnames.json``."""
     rng = stream_rng(seed, "imagenet")
-    all_classes = classes()
+    all_classes = classes(prof)
     labels: dict[str, list[int]] = {"train": [], "val": []}
     val_counter = 0
     for split, per_class in zip(("train", "val"), prof.imagenet_per_class):
@@ -31,12 +32,12 @@ def build(root: Path, prof: WorldProfile, seed: int) -> Part:
                 distractors = []
                 for _ in range(int(rng.integers(0, 3))):
                     while True:
-                        s, c = SHAPES[int(rng.integers(len(SHAPES)))], list(COLORS)[int(rng.integers(len(COLORS)))]
+                        s, c = prof.shapes[int(rng.integers(len(prof.shapes)))], prof.colors[int(rng.integers(len(prof.colors)))]
                         if (s, c) != (shape, color):
                             break
                     distractors.append((s, c, "small"))
                 specs = [(shape, color, "large")] + distractors
-                scene = sample_scene(rng, prof.image_size, num_objects=len(specs), specs=specs)
+                scene = sample_scene(rng, prof.image_size, num_objects=len(specs), specs=specs, **prof.vocabulary)
                 if split == "train":
                     name = f"{wnid}_{k}.png"
                 else:

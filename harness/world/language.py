@@ -2,8 +2,10 @@
 an image-free text corpus, all generated from a scene's ground truth with an explicit random stream.
 
 Questions and statements are built so that the text alone does not reveal the answer: for each VQA
-question family the answer is picked from the candidates valid for the image by a balancing counter
-(:class:`AnswerBalancer`), and every NLVR2 sentence is labelled on as many true as false image pairs.
+question (its family and noun, e.g. "how many red shapes") the answer is picked from the candidates
+valid for the image by a balancing counter (:class:`AnswerBalancer`), and every NLVR2 sentence is
+labelled on as many true as false image pairs. Which shapes, colours, question families and statement
+templates a world uses is its profile's choice (``WorldProfile``); the defaults here are all of them.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .scenes import BACKGROUND_COLORS, COLORS, SHAPES, SIZES, Obj, Scene
+from .scenes import BACKGROUND_COLORS, COLORS, SHAPES, Obj, Scene
 
 __all__ = [
     "NUMBER_WORDS",
     "QUESTION_FAMILIES",
+    "STATEMENT_TEMPLATES",
     "AnswerBalancer",
     "family_answers",
     "Question",
@@ -32,7 +35,6 @@ __all__ = [
     "annotator_answers",
     "sample_statement",
     "corpus_document",
-    "VOCABULARY",
 ]
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
@@ -229,6 +231,11 @@ class _Candidate:
     answer: str
     slots: dict
 
+    @property
+    def key(self) -> tuple:
+        """What the question asks about, without its wording: answers are balanced per key."""
+        return tuple(sorted((k, v) for k, v in self.slots.items() if k != "a"))
+
 
 # family -> (answer_type, weight, surface forms as (template, question_type))
 QUESTION_FAMILIES: dict[str, tuple[str, float, tuple[tuple[str, str], ...]]] = {
@@ -251,8 +258,10 @@ QUESTION_FAMILIES: dict[str, tuple[str, float, tuple[tuple[str, str], ...]]] = {
 }
 
 
-def _candidates(family: str, scene: Scene) -> list[_Candidate]:
-    """Every (answer, slot filling) of a question family that is well defined for ``scene``."""
+def _candidates(family: str, scene: Scene, shapes: Sequence[str] = SHAPES,
+                colors: Sequence[str] = tuple(COLORS)) -> list[_Candidate]:
+    """Every (answer, slot filling) of a question family that is well defined for ``scene``, asking
+    about the world's ``shapes`` and ``colors``."""
     side, objs, out = scene.size, scene.objects, []
     if family == "color":
         for o in objs:
@@ -268,15 +277,15 @@ def _candidates(family: str, scene: Scene) -> list[_Candidate]:
         if scene.background.kind == "solid":
             out.append(_Candidate(scene.background.color, {}))
     elif family == "count_kind":
-        for s in SHAPES:
+        for s in shapes:
             out.append(_Candidate(str(count(scene, shape=s)), {"noun": s + "s"}))
-        for c in COLORS:
+        for c in colors:
             out.append(_Candidate(str(count(scene, color=c)), {"noun": c + " shapes"}))
     elif family == "count_all":
         out.append(_Candidate(str(len(objs)), {}))
     elif family == "exist":
-        for c in COLORS:
-            for s in SHAPES:
+        for c in colors:
+            for s in shapes:
                 answer = "yes" if count(scene, shape=s, color=c) else "no"
                 out.append(_Candidate(answer, {"color": c, "shape": s, "a": _article(c)}))
     elif family == "relation":
@@ -306,12 +315,14 @@ def _candidates(family: str, scene: Scene) -> list[_Candidate]:
 MAX_KIND_COUNT = 3
 
 
-def family_answers(family: str, max_objects: int) -> tuple[str, ...]:
-    """Every answer a question family can have (for scenes of at most ``max_objects`` shapes)."""
+def family_answers(family: str, max_objects: int, shapes: Sequence[str] = SHAPES,
+                   colors: Sequence[str] = tuple(COLORS)) -> tuple[str, ...]:
+    """Every answer a question family can have (for scenes of at most ``max_objects`` of the world's
+    ``shapes`` in its ``colors``)."""
     if family == "color":
-        return tuple(COLORS)
+        return tuple(colors)
     if family == "shape":
-        return SHAPES
+        return tuple(shapes)
     if family == "bg_color":
         return tuple(BACKGROUND_COLORS)
     if family == "count_kind":
@@ -325,45 +336,62 @@ def family_answers(family: str, max_objects: int) -> tuple[str, ...]:
 
 @dataclass
 class AnswerBalancer:
-    """Keeps a split's question mix at the family weights and each family's answers uniform.
+    """Keeps a split's question mix at the family weights and the answers of every question uniform.
 
-    Families are tried in order of how far they lag behind their weight. Within a family each question
-    takes the least used answer among those the image allows (ties broken at random); when even that
-    answer is already ``slack`` ahead of the family's rarest answer, the family is skipped for this
-    image (VQA v2 balanced its answers the same way: by leaving questions out, not by reweighting).
+    Families are tried in order of how far they lag behind their weight. Within a family, the answers
+    are counted per question key (what it asks about, e.g. ``noun="red shapes"``, whatever its wording)
+    and the question takes, among the candidates the image allows, one whose answer is the least ahead
+    of its key's rarest answer (ties broken at random); when even that one is more than ``slack`` ahead,
+    the family is skipped for this image (VQA v2 balanced its answers the same way: by leaving
+    questions out, not by reweighting). So no question text predicts its answer, only the image does.
 
     Args:
         max_objects: most shapes in a scene (bounds the counting answers).
-        slack: how far ahead of the rarest answer the chosen one may be.
+        families: the question families asked (a world profile's ``question_families``).
+        shapes: the world's shapes (the answers and nouns of the shape questions).
+        colors: the world's object colours.
+        slack: how far ahead of its key's rarest answer the chosen answer may be.
     """
 
     max_objects: int
-    slack: int = 2
-    counts: dict[str, Counter] = field(default_factory=dict)
+    families: tuple[str, ...] = tuple(QUESTION_FAMILIES)
+    shapes: tuple[str, ...] = SHAPES
+    colors: tuple[str, ...] = tuple(COLORS)
+    slack: int = 1
+    counts: dict[tuple[str, tuple], Counter] = field(default_factory=dict)
     asked: Counter = field(default_factory=Counter)
 
     def family_order(self, rng: np.random.Generator) -> list[str]:
         total = sum(self.asked.values()) + 1
-        weights = {f: QUESTION_FAMILIES[f][1] for f in QUESTION_FAMILIES}
+        weights = {f: QUESTION_FAMILIES[f][1] for f in self.families}
         norm = sum(weights.values())
         jitter = rng.random(len(weights))
         deficit = {f: weights[f] / norm * total - self.asked[f] + 1e-3 * j for f, j in zip(weights, jitter)}
         return sorted(deficit, key=lambda f: -deficit[f])
 
-    def pick(self, family: str, answers: Sequence[str], rng: np.random.Generator) -> str | None:
-        known = family_answers(family, self.max_objects)
-        seen = self.counts.setdefault(family, Counter({a: 0 for a in known}))
-        options = sorted(set(answers) & set(known))
+    def candidates(self, family: str, scene: Scene) -> list[_Candidate]:
+        return _candidates(family, scene, self.shapes, self.colors)
+
+    def pick(self, family: str, candidates: Sequence[_Candidate], rng: np.random.Generator) -> _Candidate | None:
+        """The candidate to ask (its answer counted), or None when every one would unbalance its key."""
+        known = family_answers(family, self.max_objects, self.shapes, self.colors)
+        options = [c for c in candidates if c.answer in known]
+
+        def ahead(c: _Candidate) -> int:
+            seen = self.counts.get((family, c.key))
+            return 0 if seen is None else seen[c.answer] - min(seen[a] for a in known)
+
         if not options:
             return None
-        lowest = min(seen[a] for a in options)
-        if lowest > min(seen.values()) + self.slack:
+        lead = {id(c): ahead(c) for c in options}
+        lowest = min(lead.values())
+        if lowest > self.slack:
             return None
-        best = [a for a in options if seen[a] == lowest]
-        answer = best[int(rng.integers(len(best)))]
-        seen[answer] += 1
+        best = [c for c in options if lead[id(c)] == lowest]
+        chosen = best[int(rng.integers(len(best)))]
+        self.counts.setdefault((family, chosen.key), Counter())[chosen.answer] += 1
         self.asked[family] += 1
-        return answer
+        return chosen
 
 
 def sample_question(
@@ -376,13 +404,11 @@ def sample_question(
     for family in balancer.family_order(rng):
         answer_type, _, forms = QUESTION_FAMILIES[family]
         template, question_type = forms[int(rng.integers(len(forms)))]
-        cands = [c for c in _candidates(family, scene) if template.format(**c.slots) not in exclude]
-        answer = balancer.pick(family, [c.answer for c in cands], rng)
-        if answer is None:
+        cands = [c for c in balancer.candidates(family, scene) if template.format(**c.slots) not in exclude]
+        cand = balancer.pick(family, cands, rng)
+        if cand is None:
             continue
-        chosen = [c for c in cands if c.answer == answer]
-        cand = chosen[int(rng.integers(len(chosen)))]
-        return Question(template.format(**cand.slots), answer, question_type, answer_type, family)
+        return Question(template.format(**cand.slots), cand.answer, question_type, answer_type, family)
     return None
 
 
@@ -498,19 +524,23 @@ def _count_proposal(pattern: Pattern, max_objects: int, choose: Callable[[np.ran
 # Statement templates and their weights: per-image presence / count predicates combined over the two
 # images. The mix is kept small so that a tiny model can learn the logic from a few thousand pairs (a
 # transformer over perfect object tokens needed ~6000 pairs to learn this set; richer sets need more).
-_STATEMENT_TEMPLATES = {"side_presence": 0.26, "both": 0.22, "more": 0.14, "num_objects": 0.14, "side_count": 0.14,
+STATEMENT_TEMPLATES = {"side_presence": 0.26, "both": 0.22, "more": 0.14, "num_objects": 0.14, "side_count": 0.14,
                         "exactly_one": 0.05, "none": 0.05}
 
 
-def _template_p() -> np.ndarray:
-    p = np.array(list(_STATEMENT_TEMPLATES.values()))
-    return p / p.sum()
-
-
-def sample_statement(rng: np.random.Generator, max_objects: int) -> Statement:
-    """A random NLVR2 statement (template, wording and its pattern of shapes/colours)."""
-    # The statement is about one shape kind or one colour.
-    pattern: Pattern = (_choice(rng, SHAPES), None) if rng.random() < 0.5 else (None, _choice(rng, list(COLORS)))
+def sample_statement(
+    rng: np.random.Generator,
+    max_objects: int,
+    templates: Sequence[str] = tuple(STATEMENT_TEMPLATES),
+    shapes: Sequence[str] = SHAPES,
+    colors: Sequence[str] = tuple(COLORS),
+) -> Statement:
+    """A random NLVR2 statement (template, wording and its pattern): the presence or count, in one or
+    both images, of one shape kind, one colour, or shapes of one kind and colour (``"red circles"``);
+    ``templates`` (weights of :data:`STATEMENT_TEMPLATES`), ``shapes`` and ``colors`` are the world's."""
+    kind = rng.random()
+    shape, color = _choice(rng, tuple(shapes)), _choice(rng, tuple(colors))
+    pattern: Pattern = (shape, None) if kind < 1 / 3 else (None, color) if kind < 2 / 3 else (shape, color)
 
     def counts(scene: Scene) -> int:
         return count(scene, shape=pattern[0], color=pattern[1])
@@ -521,7 +551,8 @@ def sample_statement(rng: np.random.Generator, max_objects: int) -> Statement:
     def presence_pair(r):
         return tuple(0 if r.random() < 0.35 else int(r.integers(1, 3)) for _ in range(2))
 
-    template = list(_STATEMENT_TEMPLATES)[rng.choice(len(_STATEMENT_TEMPLATES), p=_template_p())]
+    weights = np.array([STATEMENT_TEMPLATES[t] for t in templates])
+    template = templates[rng.choice(len(templates), p=weights / weights.sum())]
     side = _choice(rng, ("left", "right"))
     idx = 0 if side == "left" else 1
     if template == "side_presence":
@@ -637,11 +668,3 @@ def corpus_document(rng: np.random.Generator) -> str:
     """One document (1-4 sentences) of shape-world text that describes no particular image."""
     return " ".join(_corpus_sentence(rng) for _ in range(int(rng.integers(1, 5))))
 
-
-# Vocabulary facts for the manifest.
-VOCABULARY = {
-    "shapes": list(SHAPES),
-    "colors": list(COLORS),
-    "sizes": list(SIZES),
-    "background_colors": list(BACKGROUND_COLORS),
-}

@@ -24,14 +24,14 @@ def _nlvr2_set(rng: np.random.Generator, prof: WorldProfile):
     """One sentence with ``_NLVR2_PAIRS_PER_SET`` image pairs, half True and half False, in random order."""
     half = _NLVR2_PAIRS_PER_SET // 2
     while True:
-        stmt = sample_statement(rng, prof.max_objects)
+        stmt = sample_statement(rng, prof.max_objects, prof.statement_templates, **prof.vocabulary)
         labels = [bool(v) for v in rng.permutation([True] * half + [False] * half)]
         pairs = []
         for label in labels:
             for _ in range(200):
                 left_kw, right_kw = stmt.propose(rng)
-                left = sample_scene(rng, prof.image_size, max_objects=prof.max_objects, **left_kw)
-                right = sample_scene(rng, prof.image_size, max_objects=prof.max_objects, **right_kw)
+                left = sample_scene(rng, prof.image_size, max_objects=prof.max_objects, **left_kw, **prof.vocabulary)
+                right = sample_scene(rng, prof.image_size, max_objects=prof.max_objects, **right_kw, **prof.vocabulary)
                 if stmt.truth(left, right) == label:
                     pairs.append((left, right, label))
                     break

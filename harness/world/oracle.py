@@ -44,7 +44,8 @@ def retrieval_oracle(gallery: Sequence[tuple[Scene, Sequence[str]]]) -> dict[str
 
 def world_retrieval_oracle(dataset: str, profile: str, seed: int, split: str = "test") -> dict[str, float]:
     """:func:`retrieval_oracle` on one Karpathy split of a world (``dataset`` ``coco`` or ``flickr30k``),
-    its scenes drawn again from (profile, seed) as the world's build draws them."""
+    its scenes drawn again from (profile, seed) as the world's build draws them; with the profile's
+    ``retrieval_gallery_size``, the mean over the consecutive galleries the retrieval task scores."""
     from . import coco_karpathy, flickr30k
 
     prof = get_profile(profile)
@@ -56,4 +57,9 @@ def world_retrieval_oracle(dataset: str, profile: str, seed: int, split: str = "
         raise ValueError(f"no retrieval oracle for data set {dataset!r}; known: coco, flickr30k")
     if not gallery:
         raise ValueError(f"the {profile} world's {dataset} has no {split!r} images")
-    return retrieval_oracle(gallery)
+    size = prof.retrieval_gallery_size or len(gallery)
+    parts = [gallery[start:start + size] for start in range(0, len(gallery), size)]
+    # Weighted by queries, as the task averages its per-query rows.
+    recalls = [(retrieval_oracle(part), len(part), sum(len(caps) for _, caps in part)) for part in parts]
+    return {key: sum(r[key] * (n_img if key.startswith("tr") else n_cap) for r, n_img, n_cap in recalls)
+            / sum(n_img if key.startswith("tr") else n_cap for _, n_img, n_cap in recalls) for key in recalls[0][0]}

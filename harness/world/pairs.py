@@ -20,7 +20,7 @@ def build(root: Path, prof: WorldProfile, seed: int) -> Part:
     for s in range(prof.pair_shards):
         samples = []
         for i in range(prof.pairs_per_shard):
-            scene = sample_scene(rng, prof.image_size, max_objects=prof.max_objects)
+            scene = sample_scene(rng, prof.image_size, max_objects=prof.max_objects, **prof.vocabulary)
             pool = caption_pool(scene, rng)
             caption = pool[int(rng.integers(len(pool)))]
             texts.append(caption)

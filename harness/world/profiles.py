@@ -1,8 +1,11 @@
-"""Sizes of the benchmark world, one frozen dataclass per profile."""
+"""Sizes and difficulty of the benchmark world, one frozen dataclass per profile."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+
+from .language import QUESTION_FAMILIES, STATEMENT_TEMPLATES
+from .scenes import COLORS, SHAPES
 
 __all__ = ["WorldProfile", "PROFILES", "get_profile"]
 
@@ -31,6 +34,13 @@ class WorldProfile:
         instances_splits: COCO-instances images ``(train2017, val2017)``.
         ade_splits: ADE20K-style images ``(training, validation)``.
         spm_vocab_size: SentencePiece vocabulary size (a soft limit: a small corpus may give fewer).
+        retrieval_gallery_size: images per retrieval gallery: the test split is scored as the mean over
+            its consecutive galleries of this many images (COCO's "1K test" protocol); ``None`` scores
+            the whole split as one gallery.
+        shapes: the shapes scenes are drawn from (difficulty: fewer kinds are easier to tell apart).
+        colors: the object colours scenes are drawn from.
+        question_families: the VQA question families asked (weights in ``language.QUESTION_FAMILIES``).
+        statement_templates: the NLVR2 statement templates (weights in ``language.STATEMENT_TEMPLATES``).
     """
 
     name: str
@@ -51,6 +61,34 @@ class WorldProfile:
     instances_splits: tuple[int, int]
     ade_splits: tuple[int, int]
     spm_vocab_size: int
+    retrieval_gallery_size: int | None = None
+    shapes: tuple[str, ...] = SHAPES
+    colors: tuple[str, ...] = tuple(COLORS)
+    question_families: tuple[str, ...] = tuple(QUESTION_FAMILIES)
+    statement_templates: tuple[str, ...] = tuple(STATEMENT_TEMPLATES)
+
+    def __post_init__(self) -> None:
+        for name, known in (("shapes", SHAPES), ("colors", tuple(COLORS)), ("question_families", tuple(QUESTION_FAMILIES)),
+                            ("statement_templates", tuple(STATEMENT_TEMPLATES))):
+            chosen = getattr(self, name)
+            unknown = [v for v in chosen if v not in known]
+            if not chosen or unknown or len(set(chosen)) != len(chosen):
+                raise ValueError(f"world profile {self.name!r}: {name}={list(chosen)} must be distinct names "
+                                 f"among {list(known)}" + (f"; unknown: {unknown}" if unknown else ""))
+        if len(self.colors) < 2:
+            raise ValueError(f"world profile {self.name!r}: colors needs at least 2 names (captions and questions "
+                             "compare colours)")
+        if self.retrieval_gallery_size is not None:
+            tests = {"coco": self.coco_splits[3], "flickr30k": self.flickr_splits[2]}
+            uneven = {k: n for k, n in tests.items() if n % self.retrieval_gallery_size}
+            if self.retrieval_gallery_size < 2 or uneven:
+                raise ValueError(f"world profile {self.name!r}: retrieval_gallery_size={self.retrieval_gallery_size} "
+                                 f"must be >= 2 and divide the test splits {tests}")
+
+    @property
+    def vocabulary(self) -> dict[str, tuple[str, ...]]:
+        """``shapes`` and ``colors``: the keyword arguments of ``scenes.sample_scene`` for this profile."""
+        return {"shapes": self.shapes, "colors": self.colors}
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -65,10 +103,12 @@ PROFILES: dict[str, WorldProfile] = {
     ),
     "mini": WorldProfile(
         name="mini", image_size=64, dense_image_size=128, max_objects=4, dense_max_objects=6,
-        coco_splits=(1500, 250, 250, 250), vqa_questions_per_image=5, vqa_test_images=250,
-        flickr_splits=(600, 100, 100), pair_shards=4, pairs_per_shard=500, corpus_documents=5000,
-        nlvr2_sets=(2500, 150, 150), imagenet_per_class=(60, 15), in21k_images=1000, instances_splits=(600, 150),
-        ade_splits=(600, 150), spm_vocab_size=1000,
+        # Evaluation splits sized for intervals of a few points: captioning and retrieval test 500
+        # images (retrieval: five galleries of 100), NLVR2 1000 sentences per split, 50 images per class.
+        coco_splits=(1500, 250, 250, 500), vqa_questions_per_image=5, vqa_test_images=250,
+        flickr_splits=(600, 100, 500), pair_shards=4, pairs_per_shard=500, corpus_documents=5000,
+        nlvr2_sets=(8000, 1000, 1000), imagenet_per_class=(60, 50), in21k_images=1000, instances_splits=(600, 150),
+        ade_splits=(600, 150), spm_vocab_size=1000, retrieval_gallery_size=100,
     ),
 }
 

@@ -66,5 +66,9 @@ def render_readme(manifest: dict) -> str:
     for task, values in manifest["baselines"].items():
         for key, value in values.items():
             lines.append(f"| {task} | {key} | {json.dumps(value)} |")
+    lines += ["", "## Controls", "", "Every number measured on this world is shown beside these.", "",
+              "| control | data sets | what | computed by |", "|---|---|---|---|"]
+    for name, control in manifest.get("controls", {}).items():
+        lines.append(f"| {name} | {', '.join(control['datasets'])} | {control['what']} | `{control['computed_by']}` |")
     lines += ["", "## Vocabulary", "", f"`{json.dumps(manifest['vocabulary'])}`", ""]
     return "\n".join(lines)

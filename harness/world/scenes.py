@@ -140,6 +140,8 @@ def sample_scene(
     forbid: Sequence[tuple[str | None, str | None]] = (),
     background: Background | None = None,
     scale: float = 1.0,
+    shapes: Sequence[str] = SHAPES,
+    colors: Sequence[str] = tuple(COLORS),
 ) -> Scene:
     """Sample a scene.
 
@@ -154,21 +156,24 @@ def sample_scene(
             match, so that a count of ``specs`` objects stays exact.
         background: fixed background; default random.
         scale: multiplies the object sizes (below 1 for crowded scenes).
+        shapes: the shapes random objects are drawn from (a world profile's vocabulary).
+        colors: the colours random objects are drawn from.
     """
     if num_objects is None:
         num_objects = int(rng.integers(1, max_objects + 1))
     num_objects = max(num_objects, len(specs))
     # Per-scene shape preferences make repeated shapes (and so counts > 1) common.
-    shape_p = rng.dirichlet(np.full(len(SHAPES), 0.8))
+    shapes, colors = tuple(shapes), tuple(colors)
+    shape_p = rng.dirichlet(np.full(len(shapes), 0.8))
 
     # Filler objects: (shape, colour) pairs outside ``forbid``, weighted by the shape preferences.
     fillers = [
-        (s, c) for s in SHAPES for c in COLORS
+        (s, c) for s in shapes for c in colors
         if not any((fs is None or fs == s) and (fc is None or fc == c) for fs, fc in forbid)
     ]
     if not fillers:
-        raise ValueError(f"forbid={list(forbid)} excludes every (shape, color) pair")
-    filler_p = np.array([shape_p[SHAPES.index(s)] for s, _ in fillers]) + 1e-6
+        raise ValueError(f"forbid={list(forbid)} excludes every (shape, color) pair of {shapes} x {colors}")
+    filler_p = np.array([shape_p[shapes.index(s)] for s, _ in fillers]) + 1e-6
     filler_p /= filler_p.sum()
 
     bg = background if background is not None else _sample_background(rng)
@@ -177,8 +182,8 @@ def sample_scene(
         for k in range(num_objects):
             if k < len(specs):
                 spec = specs[k]
-                shape = spec[0] or SHAPES[rng.choice(len(SHAPES), p=shape_p)]
-                color = spec[1] or list(COLORS)[rng.integers(len(COLORS))]
+                shape = spec[0] or shapes[rng.choice(len(shapes), p=shape_p)]
+                color = spec[1] or colors[rng.integers(len(colors))]
                 size_name = spec[2] or SIZES[rng.integers(len(SIZES))]
             else:
                 shape, color = fillers[rng.choice(len(fillers), p=filler_p)]

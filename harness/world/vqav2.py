@@ -25,7 +25,7 @@ def build(root: Path, prof: WorldProfile, seed: int, images: Sequence[CocoImage]
     questions: dict[str, list[dict]] = {subset: [] for subset in SUBSETS}
     annotations: dict[str, list[dict]] = {"train2014": [], "val2014": []}
     prior_records: dict[str, list[dict]] = {"train2014": [], "val2014": []}
-    balancers = {subset: AnswerBalancer(prof.max_objects) for subset in SUBSETS}
+    balancers = {subset: AnswerBalancer(prof.max_objects, prof.question_families, prof.shapes, prof.colors) for subset in SUBSETS}
     test_images = [image.cocoid for image in images if image.subset == "test2015"]
     test_dev_ids = set(test_images[: math.ceil(prof.vqa_test_images / 2)])
     texts_per_image = []

@@ -10,6 +10,7 @@ import re
 import shutil
 import tarfile
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -287,6 +288,19 @@ def test_prior_baselines_are_recorded_and_near_chance(smoke):
     assert 0.0 <= baselines["ade20k"]["mIoU"] <= 0.5
 
 
+def test_the_manifest_lists_every_control_and_the_difficulty(smoke):
+    root, manifest = smoke
+    controls = manifest["controls"]
+    assert {"image_shuffled", "text_only", "nlvr2_pairwise", "retrieval_oracle", "retrieval_chance",
+            "no_pretraining"} <= set(controls)
+    for name, control in controls.items():
+        assert control["what"] and control["computed_by"] and set(control["datasets"]) <= set(manifest["datasets"]), name
+    vocabulary = manifest["vocabulary"]
+    prof = world.PROFILES["smoke"]
+    assert vocabulary["shapes"] == list(prof.shapes) and vocabulary["question_families"] == list(prof.question_families)
+    assert "| retrieval_oracle |" in (root / "README.md").read_text(encoding="utf-8")
+
+
 # --- determinism, atomicity, reuse ------------------------------------------------------------------
 def test_same_seed_gives_identical_files_via_cli(smoke, tmp_path, capsys):
     root, _ = smoke
@@ -385,6 +399,8 @@ def test_world_roots_are_parsed_in_one_place(tmp_path, monkeypatch, smoke):
     monkeypatch.setenv("BEIT3_DATA_ROOT", str(tmp_path))
     assert world.resolve_world_root("world:smoke") == str(target)
     assert world.resolve_world_root("data/vqav2") == "data/vqav2"
+    with pytest.raises(ValueError, match="world seed 'x' is not a non-negative integer"):
+        world.resolve_world_root("world:smoke:x")
 
 
 # --- retrieval oracle -------------------------------------------------------------------------------
@@ -421,3 +437,14 @@ def test_the_oracle_regenerates_the_built_test_split_and_ranks_indistinguishable
     assert recalls["tr_r5"] == pytest.approx(100 * (2 * (1 - 1 / 252) + 1.0) / 3)
     with pytest.raises(ValueError, match="no retrieval oracle for data set 'ade20k'"):
         oracle.world_retrieval_oracle("ade20k", "smoke", 0)
+
+
+def test_the_oracle_scores_the_galleries_the_retrieval_task_scores(monkeypatch):
+    prof = replace(world.PROFILES["smoke"], retrieval_gallery_size=2)
+    monkeypatch.setattr(oracle, "get_profile", lambda name: prof)
+    test = [(img.scene, img.captions) for _, split, img in coco_karpathy.images(prof, 0) if split == "test"]
+    per_gallery = [oracle.retrieval_oracle(test[start:start + 2]) for start in range(0, len(test), 2)]
+    recalls = oracle.world_retrieval_oracle("coco", "smoke", 0)
+    for key, value in recalls.items():  # equal galleries, equal captions per image: the plain mean
+        assert value == pytest.approx(sum(g[key] for g in per_gallery) / len(per_gallery)), key
+    assert coco_karpathy.chance_r1(prof, {"test": 6, "val": 5}) == {"test": 0.5, "val": 0.6}

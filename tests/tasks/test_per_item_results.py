@@ -137,6 +137,20 @@ def test_retrieval_ranks_are_the_full_stable_sort_ranks():
     assert items.loc[items["direction"] == "i2t", "ir_r1"].isna().all()
 
 
+def test_retrieval_galleries_rank_each_query_within_its_gallery_and_average_them():
+    images, texts, text_to_image, ids = retrieval_fixture(num_images=22)
+    result = retrieval.score_features(images, texts, text_to_image, ids, gallery_size=len(ids) // 2)
+    halves = []
+    for half in (ids[: len(ids) // 2], ids[len(ids) // 2:]):
+        rows = (half - 100).tolist()
+        keep = torch.isin(text_to_image, half)
+        halves.append(retrieval.score_features(images[rows], texts[keep], text_to_image[keep], half).metrics)
+    for key in ("tr_r1", "tr_r5", "ir_r1", "ir_r10"):
+        assert result.metrics[key] == pytest.approx((halves[0][key] + halves[1][key]) / 2), key
+    assert set(result.items["gallery"]) == {0, 1} and result.metrics["num_images"] == len(ids)
+    assert result.items["rank"].max() <= len(texts) // 2  # ranked among a gallery's captions only
+
+
 def test_captioning_frame_gives_cider_and_rouge_and_flags_bleu_as_approximate():
     references = {1: ["a cat on a mat", "the cat sits"], 2: ["two dogs run", "dogs running in a park"],
                   3: ["a red bus", "a bus on the street"], 4: ["a man rides a horse", "horse and rider"]}
