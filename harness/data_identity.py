@@ -1,7 +1,8 @@
 """What data a run reads, as a short string that goes into its config hash: a changed data set is a new run.
 
-- a generated benchmark world (``root: "world:<profile>"``, or a directory holding ``world.json``):
-  its profile, seed and generator version (a world is a pure function of the three);
+- a generated benchmark world (``root: "world:<profile>[:<seed>]"``, or a directory holding
+  ``world.json``): its profile, seed, generator version and a digest of the profile's sizes and
+  difficulty (a world is a pure function of the four);
 - a folder source (ImageFolder-style images, annotation files): a manifest digest, the sha256 of every
   file's relative path and size, so a deleted, added or truncated file changes it;
 - a root that does not exist (a plan made on a machine without the data): ``missing:<root>``.
@@ -30,10 +31,12 @@ def data_identity(data: Mapping[str, Any]) -> str:
     root = str(root)
     world = world_profile(root)  # the one parser of "world:<profile>[:<seed>]" roots
     if world is not None:
-        from harness.world import VERSION
+        from harness.world import VERSION, get_profile
+        from harness.world.profiles import config_digest
 
         profile, _, seed = world.partition(":")
-        return f"world:{profile}:seed={seed or 0}:version={VERSION}"
+        digest = config_digest(get_profile(profile).to_dict())
+        return f"world:{profile}:seed={seed or 0}:version={VERSION}:config={digest}"
     return _path_identity(str(Path(root).absolute()))
 
 
@@ -43,8 +46,11 @@ def _path_identity(root: str) -> str:
     path = Path(root)
     manifest = path / "world.json"
     if manifest.is_file():
+        from harness.world.profiles import config_digest
+
         world = json.loads(manifest.read_text(encoding="utf-8"))
-        return f"world:{world.get('profile')}:seed={world.get('seed')}:version={world.get('version')}"
+        return (f"world:{world.get('profile')}:seed={world.get('seed')}:version={world.get('version')}"
+                f":config={config_digest(world.get('config', {}))}")
     if path.is_file():
         return f"file:{path.name}:{path.stat().st_size}"
     if not path.is_dir():

@@ -148,9 +148,9 @@ PROFILES: dict[str, Profile] = {
             data=dict(visual_tokenizer=dict(num_codes=256), batch_size=16, max_text_len=48, max_pair_text_len=32),
             pretrain=dict(max_steps=300, warmup_steps=30, ckpt_interval=100, log_interval=10),
             finetune=dict(
-                # benchmarks/sweep_mini_finetune.py, VQA from BEiT-3 MDM: 400 steps at lr 1e-3 (head lr x1:
-                # the official x20 is too hot for a tiny model) reached 21.8%, 600 at 2e-3 stayed at the
-                # majority answer (14.0%), 1000 at 2e-3 reached 32.7% (answer-type prior 31.4%).
+                # Head lr x1 for VQA: the official x20 is too hot for a tiny model. The calibration sweep
+                # on an independent world (benchmarks/results/calibration_mini.md) finds no lr at 1000
+                # steps that learns VQA or NLVR2 from random init: the budget, not the lr, binds.
                 common=dict(max_steps=1000, warmup_steps=40, lr=2e-3, min_lr=1e-6, ckpt_interval=500,
                             log_interval=10, data=dict(batch_size=16)),
                 vqav2=dict(head_lr_scale=1.0),

@@ -73,12 +73,14 @@ def _build_into(root: Path, prof: WorldProfile, seed: int) -> dict:
     return manifest
 
 
-def _is_complete(world_dir: Path, profile: str, seed: int) -> bool:
+def _is_complete(world_dir: Path, prof: WorldProfile, seed: int) -> bool:
     try:
         manifest = load_manifest(world_dir)
     except (FileNotFoundError, json.JSONDecodeError):
         return False
-    if (manifest.get("version"), manifest.get("profile"), manifest.get("seed")) != (VERSION, profile, seed):
+    if (manifest.get("version"), manifest.get("profile"), manifest.get("seed")) != (VERSION, prof.name, seed):
+        return False
+    if manifest.get("config") != prof.to_dict():  # the profile's sizes or difficulty changed since
         return False
     return all((world_dir / p).exists() for p in manifest.get("paths", []))
 
@@ -161,7 +163,8 @@ def resolve_world_root(root: str) -> str:
 
 def ensure_world(profile: str = "smoke", root: str | Path | None = None, seed: int = 0) -> Path:
     """Path of the world ``{root}/{profile}-seed{seed}-v{VERSION}``, building it first if it is missing
-    or incomplete (its manifest does not match or a listed path is missing).
+    or incomplete (its manifest names another version, seed or profile configuration, or a listed path
+    is missing).
 
     Args:
         profile: one of :data:`PROFILES`.
@@ -172,12 +175,12 @@ def ensure_world(profile: str = "smoke", root: str | Path | None = None, seed: i
     if root is None:
         root = os.environ.get("BEIT3_DATA_ROOT") or Path("data") / "world"
     world = Path(root).absolute() / world_dir_name(prof.name, seed)
-    if _is_complete(world, prof.name, seed):
+    if _is_complete(world, prof, seed):
         return world
     from harness.locks import exclusive
 
     with exclusive(world, f"world {world.name}"):  # one builder; the others wait, then find it complete
-        if _is_complete(world, prof.name, seed):
+        if _is_complete(world, prof, seed):
             return world
         _build(world, prof, seed, replace=(world / MANIFEST_NAME).is_file())
     return world

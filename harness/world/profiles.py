@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass
 
 from .language import QUESTION_FAMILIES, STATEMENT_TEMPLATES
 from .scenes import COLORS, SHAPES
 
-__all__ = ["WorldProfile", "PROFILES", "get_profile"]
+__all__ = ["WorldProfile", "PROFILES", "config_digest", "get_profile"]
+
+
+def config_digest(config: dict) -> str:
+    """A short digest of a profile's ``to_dict()`` (as a world's manifest stores it under ``config``)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode("utf-8")).hexdigest()[:12]
 
 
 @dataclass(frozen=True)

@@ -365,12 +365,21 @@ def test_a_changed_folder_source_is_another_config(tmp_path):
     assert cfg.semantic_dict()["data_identity"].startswith("folder:")
 
 
-def test_a_generated_world_is_identified_by_its_version():
-    from harness.world import VERSION
+def test_a_generated_world_is_identified_by_its_version_seed_and_profile_configuration(monkeypatch):
+    from dataclasses import replace
+
+    from harness.world import PROFILES, VERSION
+    from harness.world.profiles import config_digest
 
     cfg = TrainConfig(data={"root": "world:smoke"})
-    assert cfg.semantic_dict()["data_identity"] == f"world:smoke:seed=0:version={VERSION}"
+    digest = config_digest(PROFILES["smoke"].to_dict())
+    assert cfg.semantic_dict()["data_identity"] == f"world:smoke:seed=0:version={VERSION}:config={digest}"
+    assert TrainConfig(data={"root": "world:smoke:1"}).semantic_dict()["data_identity"].startswith("world:smoke:seed=1:")
     assert "data_identity" not in TrainConfig().semantic_dict()  # no data root, nothing to identify
+    before = train_config_hash(cfg)
+    # Harder or larger without a version bump: another world, so another run.
+    monkeypatch.setitem(PROFILES, "smoke", replace(PROFILES["smoke"], colors=("red", "blue")))
+    assert train_config_hash(cfg) != before
 
 
 def test_skip_bad_is_a_data_key_that_reaches_the_reader_and_the_run_metrics(tmp_path, smoke_dirs, monkeypatch):

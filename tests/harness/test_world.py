@@ -384,6 +384,12 @@ def test_ensure_world_default_root_from_environment(tmp_path, monkeypatch, smoke
     shutil.copytree(root, tmp_path / world.world_dir_name("smoke", 0))
     monkeypatch.setattr(world_build, "_build", lambda *a, **k: pytest.fail("complete world rebuilt"))
     assert world.ensure_world("smoke") == (tmp_path / world.world_dir_name("smoke", 0)).absolute()
+    # A profile whose sizes or difficulty changed (same name, same version) does not reuse it.
+    rebuilt = []
+    monkeypatch.setattr(world_build, "_build", lambda *a, **k: rebuilt.append(a))
+    monkeypatch.setitem(world.PROFILES, "smoke", replace(world.PROFILES["smoke"], shapes=("circle", "square")))
+    world.ensure_world("smoke")
+    assert len(rebuilt) == 1
 
 
 def test_world_roots_are_parsed_in_one_place(tmp_path, monkeypatch, smoke):
