@@ -59,7 +59,11 @@ def world_retrieval_oracle(dataset: str, profile: str, seed: int, split: str = "
         raise ValueError(f"the {profile} world's {dataset} has no {split!r} images")
     size = prof.retrieval_gallery_size or len(gallery)
     parts = [gallery[start:start + size] for start in range(0, len(gallery), size)]
-    # Weighted by queries, as the task averages its per-query rows.
-    recalls = [(retrieval_oracle(part), len(part), sum(len(caps) for _, caps in part)) for part in parts]
-    return {key: sum(r[key] * (n_img if key.startswith("tr") else n_cap) for r, n_img, n_cap in recalls)
-            / sum(n_img if key.startswith("tr") else n_cap for _, n_img, n_cap in recalls) for key in recalls[0][0]}
+    # Weighted by queries, as the task averages its per-query rows: images for tr_*, captions for ir_*.
+    totals: dict[str, float] = {}
+    for part in parts:
+        queries = {"tr": len(part), "ir": sum(len(caps) for _, caps in part)}
+        for key, value in retrieval_oracle(part).items():
+            totals[key] = totals.get(key, 0.0) + value * queries[key[:2]]
+    num_images, num_captions = len(gallery), sum(len(caps) for _, caps in gallery)
+    return {key: total / (num_images if key.startswith("tr") else num_captions) for key, total in totals.items()}
