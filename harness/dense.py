@@ -20,8 +20,8 @@ singletons), and a run that raises is ended FAILED in MLflow, so several runs ca
 Pretraining checkpoints come from ``PretrainedSource``s (``register_pretrained_source``); the tables
 run every registered source. Registered here: table3's two recipes, ``beit3`` (masked data modeling,
 the reference beside the paper's numbers) and ``vlmo`` (staged), each reused from MLflow or run on
-demand. ``random_init_source`` (an untrained BEiT-3 of the profile's size) is a control that tests
-and callers can use; it is not registered.
+demand; and ``none`` (``random_init_source``, an untrained BEiT-3 of the profile's size), the
+no-pretraining row every table compares the recipes with.
 """
 from __future__ import annotations
 
@@ -39,10 +39,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from harness import tracking
+from harness import dense_items, tracking
 from harness.ablation import Ablation
 from harness.gitinfo import PACKAGE_ROOT
-from harness.per_item import log_per_item
+from harness.per_item import ARTIFACT_DIR as PER_ITEM_DIR, log_per_item
 from harness.profiles import Profile
 from tasks.atomic import atomic_path
 
@@ -158,7 +158,7 @@ def random_init_source(profile: Profile, ablation: Ablation = ()) -> PretrainedS
     """
     model_name = profile_model_name(profile)
     return PretrainedSource(
-        name="random_init",
+        name="none",
         label=f"no pretraining (random init, {model_name})",
         model_name=model_name,
         model_overrides={},
@@ -664,7 +664,7 @@ def run_dense(
     if parent_hash is not None:
         run_tags["parent_config_hash"] = parent_hash
 
-    per_item_split, per_item_file = _per_image_evaluation(cfg, mode)
+    log_per_image = _per_image_evaluation(cfg, mode)
     unique = uuid.uuid4().hex[:12]
     cfg.experiment_name = f"{re.sub(r'[^A-Za-z0-9_.-]', '_', run_name)}-{unique}"
     cfg.visualizer = _visualizer(cfg, unique, uri, experiment, run_name, run_tags)
@@ -695,28 +695,93 @@ def run_dense(
     trained = _last_checkpoint(work) if mode == "train" else None
     if trained is not None:
         client.set_tag(store["run_id"], "model_checkpoint", str(trained.resolve()))
-    if per_item_file is not None and per_item_file.is_file():
-        items = pd.read_csv(per_item_file, dtype={"item_id": str, "cluster_id": str, "prediction": str},
-                            keep_default_na=False)
-        log_per_item(store["run_id"], per_item_split, items, tracking_uri=uri)
+    log_per_image(store["run_id"], uri)
     # Written last: a run with metrics.json is complete, and only such a run is reused.
     client.log_text(store["run_id"], json.dumps(store["metrics"], indent=2, sort_keys=True) + "\n", "metrics.json")
     return DenseResult(metrics=dict(store["metrics"]), run_id=store["run_id"], config_hash=digest, work_dir=work,
                        checkpoint=trained, wall_s=wall)
 
 
-def _per_image_evaluation(cfg: Any, mode: str) -> tuple[str, Path | None]:
-    """Point a segmentation config's ``IoUMetric`` at ``harness.dense_items`` (after the config hash:
-    where the counts go is not part of the run's identity); returns the split it evaluates and the file."""
-    split = "val" if mode == "train" else "test"
-    evaluator = cfg.get(f"{split}_evaluator")
-    if not isinstance(evaluator, Mapping) or evaluator.get("type") != "IoUMetric":
-        return split, None
-    from harness.dense_items import register
+def _per_image_evaluation(cfg: Any, mode: str) -> Callable[[str, str], None]:
+    """Make the config's evaluator keep its per-image results (``harness.dense_items``; after the config
+    hash: where they go is not part of the run's identity); returns ``log(run_id, tracking_uri)``, which
+    logs them to the run under ``per_item/<split>`` once it has evaluated.
 
-    target = Path(cfg.work_dir) / "per_item" / f"{split}.csv.gz"
-    cfg[f"{split}_evaluator"] = {**evaluator, "type": register(), "per_item_file": str(target)}
-    return split, target
+    mmseg's ``IoUMetric`` becomes ``PerImageIoUMetric`` (each image's counts, ``<split>.csv.gz``); mmdet's
+    ``CocoMetric`` writes its detections (``<split>.bbox.json``, ``<split>.segm.json``), logged beside
+    the ground truth it scored them against (``<split>.gt.json``).
+    """
+    split = "val" if mode == "train" else "test"
+    key = f"{split}_evaluator"
+    evaluator = cfg.get(key)
+    kept = Path(cfg.work_dir) / "per_item"
+    if isinstance(evaluator, Mapping) and evaluator.get("type") == "IoUMetric":
+        target = kept / f"{split}.csv.gz"
+        cfg[key] = {**evaluator, "type": dense_items.register(), "per_item_file": str(target)}
+
+        def log_counts(run_id: str, uri: str) -> None:
+            if target.is_file():
+                items = pd.read_csv(target, dtype={"item_id": str, "cluster_id": str, "prediction": str},
+                                    keep_default_na=False)
+                log_per_item(run_id, split, items, tracking_uri=uri)
+
+        return log_counts
+    if isinstance(evaluator, Mapping) and evaluator.get("type") == "CocoMetric" and evaluator.get("ann_file"):
+        kept.mkdir(parents=True, exist_ok=True)
+        cfg[key] = {**evaluator, "outfile_prefix": str(kept / split)}
+        ground_truth = Path(evaluator["ann_file"])
+
+        def log_detections(run_id: str, uri: str) -> None:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(uri)
+            with tempfile.TemporaryDirectory() as tmp:
+                copy_of_truth = Path(tmp) / f"{split}.gt.json"
+                copy_of_truth.write_bytes(ground_truth.read_bytes())
+                client.log_artifact(run_id, str(copy_of_truth), PER_ITEM_DIR)
+            for kind in ("bbox", "segm"):
+                results = kept / f"{split}.{kind}.json"
+                if results.is_file():
+                    client.log_artifact(run_id, str(results), PER_ITEM_DIR)
+
+        return log_detections
+    return lambda run_id, uri: None
+
+
+def load_detection_metric(run_id: str, split: str, iou_type: str, *,
+                          tracking_uri: str | None = None) -> dense_items.PerImageMetric:
+    """COCO AP (``iou_type`` ``bbox`` or ``segm``) of a detection run's kept detections, per image
+    (``harness.dense_items.detection_statistic``).
+
+    Raises:
+        FileNotFoundError: the run kept no ground truth for ``split`` (evaluated before per-image results).
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking.resolve_tracking_uri(tracking_uri))
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            ground_truth = client.download_artifacts(run_id, f"{PER_ITEM_DIR}/{split}.gt.json", tmp)
+        except Exception as err:  # MLflow raises its own exception types or OSError per store
+            raise FileNotFoundError(f"run {run_id} kept no per-image detections for {split!r} ({err}); "
+                                    "run it again to record them") from err
+        try:
+            results = client.download_artifacts(run_id, f"{PER_ITEM_DIR}/{split}.{iou_type}.json", tmp)
+        except Exception:  # mmdet writes no results file when nothing was detected: AP 0
+            results = None
+        return dense_items.detection_statistic(ground_truth, results, iou_type)
+
+
+def load_segmentation_metric(run_id: str, split: str, *,
+                             tracking_uri: str | None = None) -> dense_items.PerImageMetric:
+    """mIoU of a segmentation run's per-image counts (``harness.dense_items.segmentation_statistic``).
+
+    Raises:
+        FileNotFoundError: the run has no per-image counts for ``split``.
+    """
+    from harness.per_item import load_per_item
+
+    return dense_items.segmentation_statistic(load_per_item(run_id, split, tracking_uri=tracking_uri))
 
 
 def _reusable(uri: str, experiment: str, digest: str, mode: str) -> DenseResult | None:
@@ -746,6 +811,25 @@ def _reusable(uri: str, experiment: str, digest: str, mode: str) -> DenseResult 
 def config_variant(profile: Profile) -> str:
     """``mini`` (CPU-sized, the benchmark world) for synthetic profiles, else ``paper``."""
     return "mini" if profile.synthetic else "paper"
+
+
+def table_schedule(profile: Profile, table: str) -> tuple[int | None, int | None]:
+    """``(max_iters, batch_size)`` of a dense table's runs: the profile's entry for the table
+    (``Profile.dense``), else its ``max_steps``/``batch_size``; None keeps the config's."""
+    own = profile.dense.get(table, {})
+    return own.get("max_steps", profile.max_steps), own.get("batch_size", profile.batch_size)
+
+
+def table_heads(profile: Profile, table: str, heads: Mapping[str, Any]) -> dict[str, Any]:
+    """The heads (of ``heads``, in its order) a dense table runs under ``profile``: those its
+    ``Profile.dense`` entry names, else all."""
+    chosen = profile.dense.get(table, {}).get("heads")
+    if chosen is None:
+        return dict(heads)
+    unknown = [h for h in chosen if h not in heads]
+    if unknown:
+        raise KeyError(f"profile {profile.name}: {table} has no head {unknown[0]!r}; heads: {', '.join(heads)}")
+    return {key: value for key, value in heads.items() if key in chosen}
 
 
 def world_data_root(profile: Profile, dataset: str) -> Path | None:

@@ -62,6 +62,9 @@ class Profile:
             (``harness.budget``; ``--ablation budget=samples|steps`` matches samples or steps instead)
             and their own learning rates times the factor applied to MDM's.
         finetune: overrides of the tasks' official recipes: ``common`` for every task, then per task.
+        dense: per detection/segmentation table (``table7``, ``table8``): ``max_steps`` and
+            ``batch_size`` that replace the two above for its runs, and ``heads``, the heads it runs
+            (default all).
         budget_tolerance: how far (relative) a recipe's pretraining FLOPs may be from the reference's
             once its steps are rounded to integers.
         pretrain_ranks: the ranks the pretraining batch (per rank) is meant for, which ``--dry-run``
@@ -78,6 +81,7 @@ class Profile:
     default_seeds: int
     pretrain: Mapping[str, Any] = field(default_factory=dict)
     finetune: Mapping[str, Any] = field(default_factory=dict)
+    dense: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     budget_tolerance: float = 0.05
     pretrain_ranks: int = 1
 
@@ -113,14 +117,15 @@ _WORLD_FINETUNE_COMMON: dict[str, Any] = dict(precision="fp32", log_interval=1, 
 
 def _world_profile(name: str, description: str, max_steps: int, batch_size: int, *, model: Mapping[str, Any],
                    data: Mapping[str, Any], pretrain: Mapping[str, Any], finetune: Mapping[str, Any],
-                   budget_tolerance: float) -> Profile:
+                   budget_tolerance: float, dense: Mapping[str, Mapping[str, Any]] | None = None) -> Profile:
     """A profile on the generated world ``name``: the shared base with this profile's sizes and schedules."""
     pretraining = deep_merge(_WORLD_PRETRAIN, {"model_overrides": model, "data": {"root": f"world:{name}", **data},
                                                **pretrain})
     common = deep_merge(_WORLD_FINETUNE_COMMON, finetune.get("common", {}))
     return Profile(name=name, description=description, world=name, model_size="tiny", max_steps=max_steps,
                    batch_size=batch_size, default_seeds=1, pretrain=pretraining,
-                   finetune={**finetune, "common": common}, budget_tolerance=budget_tolerance)
+                   finetune={**finetune, "common": common}, dense=dict(dense or {}),
+                   budget_tolerance=budget_tolerance)
 
 
 PROFILES: dict[str, Profile] = {
@@ -158,6 +163,9 @@ PROFILES: dict[str, Profile] = {
                 # Captioning keeps the lr its smoke and mini runs were checked at.
                 captioning=dict(lr=1e-3, data=dict(batch_size=16, max_len=32)),
             ),
+            # Detection runs Mask R-CNN only (Cascade is the smoke profile's pipeline check), on the
+            # schedule of its calibration sweep (benchmarks/results/calibration_mini_dense.md).
+            dense=dict(table7=dict(heads=("mask_rcnn",), max_steps=300, batch_size=8)),
             budget_tolerance=0.05,
         ),
         Profile(

@@ -21,7 +21,7 @@ import io
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -129,6 +129,50 @@ def _replicate_means(rng: np.random.Generator, sums: np.ndarray, counts: np.ndar
     per_seed = (weights @ sums.T) / (weights @ counts)[:, None]          # (size, seeds)
     drawn = rng.integers(0, seeds, size=(size, seeds))
     return np.take_along_axis(per_seed, drawn, axis=1).mean(axis=1)
+
+
+# A metric that is not a mean over items (mIoU, COCO AP) of one run, as a function of the evaluation
+# set's cluster weights: (replicates, clusters) multiplicities -> the metric per replicate, (replicates,).
+WeightedStatistic = Callable[[np.ndarray], np.ndarray]
+
+
+def paired_bootstrap_statistic(statistics_a: Sequence[WeightedStatistic], statistics_b: Sequence[WeightedStatistic],
+                               clusters: int, *, n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE,
+                               seed: int = RNG_SEED) -> Difference:
+    """The difference A - B of a metric computed from the whole evaluation set, with its interval.
+
+    The same hierarchical bootstrap as :func:`paired_bootstrap` (seed indices, then clusters, the same
+    for A and B), for metrics that are recomputed on each resampled set rather than averaged over items.
+
+    Args:
+        statistics_a: recipe A's metric, one function per seed, of cluster weights (all clusters in one
+            order, the same for every function).
+        statistics_b: recipe B's, for the same seeds in the same order.
+        clusters: clusters in the evaluation set.
+        n_resamples, confidence, seed: as :func:`paired_bootstrap`.
+
+    Raises:
+        ValueError: the recipes have different numbers of seeds, or none; no clusters.
+    """
+    if len(statistics_a) != len(statistics_b) or not statistics_a:
+        raise ValueError(f"paired seeds needed: recipe A has {len(statistics_a)} runs, B {len(statistics_b)}")
+    if clusters < 1:
+        raise ValueError("the evaluation set has no clusters")
+    every = np.ones((1, clusters))
+    values_a = np.array([float(f(every)[0]) for f in statistics_a])
+    values_b = np.array([float(f(every)[0]) for f in statistics_b])
+    seeds = len(statistics_a)
+    rng = np.random.default_rng(seed)
+    replicates = []
+    for size in _blocks(n_resamples, clusters):
+        weights = rng.multinomial(clusters, np.full(clusters, 1.0 / clusters), size=size).astype(float)
+        per_seed = np.stack([fa(weights) - fb(weights) for fa, fb in zip(statistics_a, statistics_b)], axis=1)
+        drawn = rng.integers(0, seeds, size=(size, seeds))
+        replicates.append(np.take_along_axis(per_seed, drawn, axis=1).mean(axis=1))
+    alpha = (1.0 - confidence) / 2
+    low, high = np.round(np.quantile(np.concatenate(replicates), [alpha, 1.0 - alpha]), DIGITS)
+    return Difference(float(np.round(np.mean(values_a - values_b), DIGITS)), float(low), float(high),
+                      tuple(map(float, values_a)), tuple(map(float, values_b)), clusters, clusters)
 
 
 def paired_bootstrap(frames_a: Sequence[pd.DataFrame], frames_b: Sequence[pd.DataFrame], column: str, *,
@@ -244,7 +288,7 @@ def recipe_differences(frame: pd.DataFrame, *, tracking_uri: str | None = None, 
             found = paired_bootstrap(frames_a, frames_b, spec.item_column, scale=spec.scale,
                                      n_resamples=n_resamples, seed=seed)
             out.update(clusters=found.clusters, items=found.items, estimate=found.estimate, ci_low=found.low,
-                       ci_high=found.high, values_a=_join(found.values_a), values_b=_join(found.values_b))
+                       ci_high=found.high, values_a=join_values(found.values_a), values_b=join_values(found.values_b))
         return out
 
     controls = frame[frame["evaluation"].isin(list(CONTROL_SUFFIXES)) & (frame["run_id"] != "")]
@@ -275,7 +319,8 @@ def recipe_differences(frame: pd.DataFrame, *, tracking_uri: str | None = None, 
     return pd.DataFrame(rows, columns=list(DIFFERENCE_COLUMNS))
 
 
-def _join(values: Sequence[float]) -> str:
+def join_values(values: Sequence[float]) -> str:
+    """The per-seed values of a differences row as text (:func:`split_values` reads them back)."""
     return ";".join(repr(float(v)) for v in values)
 
 

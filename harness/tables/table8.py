@@ -6,7 +6,10 @@ ViT-Adapter) and UperNet (the BEiT comparison point) -- fine-tuned through ``har
 single-scale mIoU is the validation at the end of training; the multi-scale one tests the trained
 checkpoint with mmseg's ``SegTTAModel`` (the config's ``tta_pipeline``: several scales x flip), as a
 second MLflow run whose parent is the training run. Synthetic profiles run ``configs/seg/*_mini.py``
-on the benchmark world's ADE20K-format set; ``paper`` runs ``configs/seg/*_paper.py`` on ADE20K.
+on the benchmark world's ADE20K-format set; ``paper`` runs ``configs/seg/*_paper.py`` on ADE20K. No
+pretraining (random init) is a row like the recipes; every pair of them is compared by a paired
+bootstrap over seeds and validation images, mIoU recomputed on each resample from the runs' per-image
+counts (``harness.dense_items``).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ METRIC_KEY = "mIoU"  # mmseg's IoUMetric, already in points
 
 def experiment_config(profile: Profile, source: dense.PretrainedSource, head: str, seed: int) -> dict[str, Any]:
     """Everything that determines one segmentor run (hashed into its ``Experiment``)."""
+    max_iters, batch_size = dense.table_schedule(profile, "table8")
     return {
         "config": f"{HEADS[head][1]}_{dense.config_variant(profile)}",
         "head": head,
@@ -39,8 +43,8 @@ def experiment_config(profile: Profile, source: dense.PretrainedSource, head: st
         "model_overrides": dict(source.model_overrides),
         "layout": source.layout,
         "world": profile.world,
-        "max_iters": profile.max_steps,
-        "batch_size": profile.batch_size,
+        "max_iters": max_iters,
+        "batch_size": batch_size,
         "seed": seed,
         "evaluation": ["single-scale", "tta"],
     }
@@ -48,7 +52,8 @@ def experiment_config(profile: Profile, source: dense.PretrainedSource, head: st
 
 def plan_experiments(table: str, profile: Profile, seeds: int,
                      sources: Sequence[dense.PretrainedSource]) -> list[Experiment]:
-    return dense_tables.plan_experiments(table, profile, seeds, sources, task=TASK, heads=list(HEADS),
+    return dense_tables.plan_experiments(table, profile, seeds, sources, task=TASK,
+                                         heads=list(dense.table_heads(profile, table, HEADS)),
                                          config_of=experiment_config)
 
 
@@ -56,6 +61,7 @@ def measure(table: str, profile: Profile, seeds: int, sources: Sequence[dense.Pr
             tracking_uri: str | None = None) -> TableResult:
     """Fine-tune, validate (single scale) and TTA-test every (source, head, seed); one row per seed."""
     data_root = dense.world_data_root(profile, "ade")
+    max_iters, batch_size = dense.table_schedule(profile, table)
 
     def run_one(experiment, source, checkpoint, head, seed, tags):
         work_dir = dense.work_dir_for(table, profile, f"{source.name}-{head}-seed{seed}", experiment.config_hash)
@@ -64,7 +70,7 @@ def measure(table: str, profile: Profile, seeds: int, sources: Sequence[dense.Pr
                       tracking_uri=tracking_uri)
         trained = dense.run_dense(
             experiment.config["config"], work_dir=work_dir / "train", run_name=experiment.name,
-            checkpoint=checkpoint.path, max_iters=profile.max_steps, batch_size=profile.batch_size,
+            checkpoint=checkpoint.path, max_iters=max_iters, batch_size=batch_size,
             parent_run_id=checkpoint.parent_run_id, parent_config_hash=checkpoint.parent_config_hash,
             tags=tags, **common,
         )
@@ -80,10 +86,14 @@ def measure(table: str, profile: Profile, seeds: int, sources: Sequence[dense.Pr
             if METRIC_KEY not in result.metrics:
                 raise KeyError(f"{experiment.name}: IoUMetric reported no {METRIC_KEY!r} (got {sorted(result.metrics)})")
             values[metric] = result.metrics[METRIC_KEY]
-        return values, {"run": trained.run_id, "tta_run": tested.run_id}
+        runs = {"miou_ss": (trained.run_id, "val"), "miou_ms": (tested.run_id, "test")}
+        return values, runs, {"run": trained.run_id, "tta_run": tested.run_id}
 
-    return dense_tables.measure(table, profile, seeds, sources, task=TASK, heads=HEADS, metrics=METRICS,
-                                config_of=experiment_config, run_one=run_one)
+    def per_image(metric: str, run_id: str, split: str):
+        return dense.load_segmentation_metric(run_id, split, tracking_uri=tracking_uri)
+
+    return dense_tables.measure(table, profile, seeds, sources, task=TASK, heads=dense.table_heads(profile, table, HEADS),
+                                metrics=METRICS, config_of=experiment_config, run_one=run_one, per_image=per_image)
 
 
 @register_table("table8")
@@ -95,8 +105,9 @@ class Table8(dense_tables.DenseTable):
 
     def render(self, result: TableResult, paper: Mapping[str, Any]) -> render.Document:
         summary = (
-            "mIoU (points) of segmentors fine-tuned from each pretraining recipe, single-scale and with "
-            "multi-scale + flip testing, mean ± std over seeds. The paper's BEiT-3 (giant, ViT-Adapter + "
+            "mIoU (points) of segmentors fine-tuned from each pretraining recipe and from random init (no "
+            "pretraining), single-scale and with multi-scale + flip testing, mean ± std over seeds, then the paired "
+            "differences between them. The paper's BEiT-3 (giant, ViT-Adapter + "
             "Mask2Former, 896^2 crops, ADE20K val) is printed beside the reference recipe's rows, not differenced: "
             "synthetic profiles run a tiny backbone on the benchmark world, which checks the pipeline end to end, "
             "not the paper's numbers."

@@ -3,7 +3,7 @@ numbers of a finetune in display units (scale from the task spec), the world's b
 seeds and the paired differences between recipes."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 
@@ -149,10 +149,14 @@ def recipe_groups(result: TableResult) -> list[str]:
     return [g for g in result.groups if g in recipes]
 
 
-def differences_blocks(result: TableResult, titles: Mapping[str, str] = RECIPE_TITLES,
-                       digits: int = 2) -> list[render.Block]:
+def differences_blocks(result: TableResult, titles: Mapping[str, str] = RECIPE_TITLES, digits: int = 2,
+                       higher_is_better: Callable[[str, str], bool] | None = None) -> list[render.Block]:
     """The paired differences between recipes: per metric and pair, A − B with its 95% interval, the
-    verdict, each seed's value and mean ± std of each recipe."""
+    verdict, each seed's value and mean ± std of each recipe.
+
+    Args:
+        higher_is_better: ``(task, metric) -> bool``; default the task spec's ``MetricSpec``.
+    """
     from harness.stats import N_RESAMPLES, split_values, verdict
 
     everything = result.differences
@@ -171,8 +175,10 @@ def differences_blocks(result: TableResult, titles: Mapping[str, str] = RECIPE_T
     if seeds < 3:
         intro += f" With {seeds} seed(s) the seed level is coarse: run --seeds 3 or more."
     cells = []
+    if higher_is_better is None:
+        def higher_is_better(task: str, metric: str) -> bool:
+            return metric_spec(task, metric).higher_is_better
     for row in differences.to_dict("records"):
-        spec = metric_spec(row["task"], row["metric"])
         a, b = split_values(row["values_a"]), split_values(row["values_b"])
 
         def seeds_text(values: Sequence[float]) -> str:
@@ -185,7 +191,7 @@ def differences_blocks(result: TableResult, titles: Mapping[str, str] = RECIPE_T
                     f"{row['estimate']:+.{digits}f} [{row['ci_low']:+.{digits}f}, {row['ci_high']:+.{digits}f}]")
         cells.append([row["label"], f"{titles.get(row['recipe_a'], row['recipe_a'])} − "
                       f"{titles.get(row['recipe_b'], row['recipe_b'])}", interval,
-                      verdict(row, titles, spec.higher_is_better), seeds_text(a), seeds_text(b), mean_std(a),
+                      verdict(row, titles, higher_is_better(row["task"], row["metric"])), seeds_text(a), seeds_text(b), mean_std(a),
                       mean_std(b)])
     columns = ["metric", "A − B", "difference [95% CI]", "verdict", "A per seed", "B per seed", "A mean ± std",
                "B mean ± std"]

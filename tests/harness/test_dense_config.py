@@ -132,3 +132,26 @@ def test_paper_files_and_rendering(name, head, metrics):
     markdown = re.sub(r" +", " ", to_markdown(getattr(module, name.capitalize())(name=name, title="t").render(result, paper)))
     assert "| BEiT-3 |" in markdown and "1.25 ± 0.35 | 2 | " + str(paper["rows"][0]["display"]) in markdown
     assert "Δ" not in markdown  # side by side with the paper's giant results, not differenced
+
+
+def test_the_profile_picks_each_dense_tables_heads_and_schedule(tmp_path, monkeypatch):
+    """mini runs Mask R-CNN only (Cascade is smoke's pipeline check) on its own schedule, and every table
+    has the no-pretraining row."""
+    import dataclasses
+
+    from harness.tables import table7, table8
+
+    monkeypatch.setenv("BEIT3_DATA_ROOT", str(tmp_path / "data"))
+    mini, smoke = get_profile("mini"), get_profile("smoke")
+    sources = [_source("beit3", reference=True), _source("none")]
+    plan = table7.plan_experiments("table7", mini, 2, sources)
+    assert {e.config["head"] for e in plan} == {"mask_rcnn"} and len(plan) == 2 * 2
+    assert (plan[0].config["max_iters"], plan[0].config["batch_size"]) == dense.table_schedule(mini, "table7")
+    assert dense.table_schedule(mini, "table7") != (mini.max_steps, mini.batch_size)
+    assert dense.table_schedule(mini, "table8") == (mini.max_steps, mini.batch_size)
+    assert {e.config["head"] for e in table7.plan_experiments("table7", smoke, 1, sources)} == set(table7.HEADS)
+    assert len(table8.plan_experiments("table8", mini, 1, sources)) == len(table8.HEADS) * 2
+    assert "none" in [s.name for s in dense.pretrained_sources(mini)]
+    wrong = dataclasses.replace(mini, dense={"table7": {"heads": ("retinanet",)}})
+    with pytest.raises(KeyError, match="no head 'retinanet'; heads: cascade_mask_rcnn, mask_rcnn"):
+        dense.table_heads(wrong, "table7", table7.HEADS)

@@ -3,6 +3,8 @@ MLflow lineage of our runs; multi-scale testing from the trained checkpoint; fai
 table7/table8 measurement loops on a random-init BEiT-3 (slow: each Runner takes 10-30 s here)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -132,11 +134,24 @@ def test_table_measurement_on_a_random_init_source(table, head, tmp_path, world,
     monkeypatch.setenv("BEIT3_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setattr(dense, "world_data_root", lambda profile, dataset: world / dataset)
     source = dense.random_init_source(get_profile("smoke"))  # writes under $BEIT3_RUNS_DIR
-    result = module.measure(table, get_profile("smoke"), 1, [source], tracking_uri=store)
+    other_path = dense.random_init_checkpoint(source.model_name, seed=1)
+    other = dataclasses.replace(source, name="vlmo", identity={**source.identity, "seed": 1},
+                                resolve=lambda: dense.Checkpoint(other_path))
+    result = module.measure(table, get_profile("smoke"), 1, [source, other], tracking_uri=store)
     frame = result.frame
-    assert set(frame["row"]) == set(module.METRICS) and set(frame["group"]) == {head}
+    assert set(frame["row"]) == {m for m in module.METRICS} | {f"vlmo.{m}" for m in module.METRICS}
+    assert set(frame["group"]) == {head}
     assert frame["value"].between(0.0, 100.0).all() and set(frame["seed"]) == {0}
     run_ids = [v for k, v in result.annotations.items() if k.endswith("run")]
-    assert len(run_ids) == (1 if table == "table7" else 2)
+    assert len(run_ids) == 2 * (1 if table == "table7" else 2)
     for run_id in run_ids:
         assert MlflowClient(store).get_run(run_id).data.tags["table"] == table
+    # The paired differences come from each run's kept per-image results, recomputed: at unit weights
+    # they give back the metric the run logged (mmdet rounds AP to 0.1 points, mmseg mIoU to 0.01).
+    differences = result.differences
+    assert len(differences) == len(module.METRICS) and set(differences["recipe_a"]) == {"none"}
+    assert (differences["note"] == "").all() and (differences["seeds"] == 1).all()
+    for row in differences.itertuples():
+        logged = frame.loc[(frame["metric"] == row.metric) & (frame["recipe"] == "none"), "value"].item()
+        assert float(row.values_a) == pytest.approx(logged, abs=0.051)
+        assert row.ci_low <= row.estimate <= row.ci_high and row.items == row.clusters == 4
