@@ -15,11 +15,10 @@ calibration world's validation split, with the training wall time.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pandas as pd
-from sweep_mini_finetune import calibration_profile, parse_setting
+from sweep_mini_finetune import add_sweep_arguments, calibration_profile, parse_setting, record_rows
 
 from harness import dense
 from harness.profiles import get_profile
@@ -91,27 +90,14 @@ def write_table(rows: list[dict[str, object]], out: Path) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tables", nargs="+", default=["table7"], choices=sorted(TABLES))
-    parser.add_argument("--recipes", nargs="+", default=["none"], help="starting points: none, beit3, vlmo")
-    parser.add_argument("--profile", default="mini")
-    parser.add_argument("--world-seed", type=int, default=1, help="seed of the calibration world (not 0)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds")
-    parser.add_argument("--set", dest="settings", action="append", default=[], help="key=value[,key=value]")
-    parser.add_argument("--out", type=Path, default=None, help="write <out>.csv and <out>.md")
-    parser.add_argument("--tracking-uri", default=None)
+    add_sweep_arguments(parser)
     args = parser.parse_args(argv)
     profile = calibration_profile(get_profile(args.profile), args.world_seed)
     uri = resolve_tracking_uri(args.tracking_uri)
-    rows = []
-    for table in args.tables:
-        for head in dense.table_heads(profile, table, TABLES[table][0].HEADS):
-            for recipe in args.recipes:
-                for text in args.settings or [""]:
-                    for seed in args.seeds:
-                        row = measure(table, head, recipe, text, profile, args.world_seed, seed, uri)
-                        rows.append(row)
-                        print(json.dumps(row), flush=True)
-                        if args.out is not None:
-                            write_table(rows, args.out)
+    record_rows((measure(table, head, recipe, text, profile, args.world_seed, seed, uri) for table in args.tables
+                 for head in dense.table_heads(profile, table, TABLES[table][0].HEADS) for recipe in args.recipes
+                 for text in args.settings or [""] for seed in args.seeds), args.out, write_table)
 
 
 if __name__ == "__main__":

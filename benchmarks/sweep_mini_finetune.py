@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
+from typing import Callable, Iterable
 
 import pandas as pd
 
@@ -124,28 +125,39 @@ def write_table(rows: list[dict[str, object]], out: Path) -> pd.DataFrame:
     return frame
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", nargs="+", required=True, help="finetuning tasks, e.g. vqav2 nlvr2 captioning")
+def record_rows(rows: Iterable[dict[str, object]], out: Path | None,
+                write: Callable[[list[dict[str, object]], Path], pd.DataFrame]) -> list[dict[str, object]]:
+    """Measure the rows one by one, printing each and (with ``out``) rewriting the table after each, so
+    that a sweep stopped early keeps what it measured."""
+    done = []
+    for row in rows:
+        done.append(row)
+        print(json.dumps(row), flush=True)
+        if out is not None:
+            write(done, out)
+    return done
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every calibration sweep shares: starting points, profile, world seed, settings, output."""
     parser.add_argument("--recipes", nargs="+", default=["none"], help="starting points: none, beit3, vlmo")
     parser.add_argument("--profile", default="mini")
     parser.add_argument("--world-seed", type=int, default=1, help="seed of the calibration world (not 0)")
-    parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--set", dest="settings", action="append", default=[], help="key=value[,key=value]")
     parser.add_argument("--out", type=Path, default=None, help="write <out>.csv and <out>.md")
     parser.add_argument("--tracking-uri", default=None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", nargs="+", required=True, help="finetuning tasks, e.g. vqav2 nlvr2 captioning")
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    add_sweep_arguments(parser)
     args = parser.parse_args(argv)
     profile = calibration_profile(get_profile(args.profile), args.world_seed)
     uri = resolve_tracking_uri(args.tracking_uri)
-    rows = []
-    for task in args.tasks:
-        for recipe in args.recipes:
-            for text in args.settings or [""]:
-                row = measure(task, recipe, text, profile, args.seed, uri)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                if args.out is not None:
-                    write_table(rows, args.out)
+    record_rows((measure(task, recipe, text, profile, args.seed, uri) for task in args.tasks
+                 for recipe in args.recipes for text in args.settings or [""]), args.out, write_table)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads libgom
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# Deterministic, quiet, and sized for a 2-core machine.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Deterministic, quiet, and sized for a 2-core machine (or what OMP_NUM_THREADS leaves to the suite).
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or min(2, os.cpu_count() or 1))
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
 

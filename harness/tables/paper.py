@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import pandas as pd
 
@@ -39,14 +39,22 @@ def format_paper_value(value: float) -> str:
     return f"{int(value):,}" if float(value).is_integer() else f"{value:g}"
 
 
-def attach_paper(frame: pd.DataFrame, paper: Mapping[str, Any]) -> pd.DataFrame:
+def attach_paper(frame: pd.DataFrame, paper: Mapping[str, Any],
+                 groups: Collection[str] | None = None) -> pd.DataFrame:
     """``frame`` with ``paper_value``/``paper_display`` filled from the paper file's ``rows``, joined
     on (group, row).
 
+    Args:
+        groups: the row groups this profile measured (``TableResult.groups``); paper rows of other
+            groups are left out (mini's table7 runs Mask R-CNN only, the paper's rows are Cascade's).
+            None: every paper row must be measured.
+
     Raises:
-        ValueError: a paper row has no measured counterpart (the spec or the paper file is wrong).
+        ValueError: a paper row of a measured group has no measured counterpart (the spec or the
+            paper file is wrong).
     """
-    by_key = {(r["group"], r["component"]): r for r in paper.get("rows", [])}
+    by_key = {(r["group"], r["component"]): r for r in paper.get("rows", [])
+              if groups is None or r["group"] in groups}
     missing = sorted(set(by_key) - set(zip(frame["group"], frame["row"])))
     if missing:
         table = frame["table"].iloc[0] if len(frame) else "?"

@@ -113,8 +113,8 @@ def read_result(meta: Mapping[str, Any], frame_csv: str, differences_csv: str | 
 def finish_result(spec: TableSpec, result: TableResult, paper: Mapping[str, Any], tracking_uri: str) -> TableResult:
     """The spec's raw result with the paper's figures joined and, for tables that compare recipes,
     the paired differences computed from the per-item results of their runs."""
-    result = TableResult(result.table, attach_paper(result.frame, paper), result.groups, result.annotations,
-                         result.differences)
+    result = TableResult(result.table, attach_paper(result.frame, paper, result.groups), result.groups,
+                         result.annotations, result.differences)
     if spec.compares_recipes and result.differences.empty:
         from harness.stats import recipe_differences
 

@@ -134,6 +134,26 @@ def test_paper_files_and_rendering(name, head, metrics):
     assert "Δ" not in markdown  # side by side with the paper's giant results, not differenced
 
 
+def test_paper_rows_of_heads_the_profile_does_not_run_are_left_out():
+    """mini's table7 measures Mask R-CNN only; the paper's rows are Cascade's. A component missing
+    from a group that was measured is still an error."""
+    from harness.tables import table7
+
+    paper = load_paper("table7")
+    rows = [measurement("mask_rcnn", m, 30.0, label=m, seed=0) for m in ("box_ap", "mask_ap")]
+    result = TableResult.of("table7", rows, {"mask_rcnn": table7.HEADS["mask_rcnn"][0]})
+    with pytest.raises(ValueError, match="cascade_mask_rcnn"):
+        attach_paper(result.frame, paper)
+    joined = attach_paper(result.frame, paper, result.groups)
+    assert joined["paper_value"].isna().all()
+    rendered = table7.Table7(name="table7", title="t").render(TableResult("table7", joined, result.groups), paper)
+    markdown = re.sub(r" +", " ", to_markdown(rendered))
+    assert "| box_ap | 30.00 | 1 | – |" in markdown and "| BEiT-3 | O365 |" in markdown
+    partial = TableResult.of("table7", rows[:1], {"cascade_mask_rcnn": "c"})
+    with pytest.raises(ValueError, match="mask_ap"):
+        attach_paper(partial.frame.assign(group="cascade_mask_rcnn"), paper, partial.groups)
+
+
 def test_the_profile_picks_each_dense_tables_heads_and_schedule(tmp_path, monkeypatch):
     """mini runs Mask R-CNN only (Cascade is smoke's pipeline check) on its own schedule, and every table
     has the no-pretraining row."""

@@ -18,6 +18,7 @@ from harness import dense, tracking  # noqa: E402
 from harness.dense_items import aggregates_from_items  # noqa: E402
 from harness.per_item import load_per_item  # noqa: E402
 from harness.profiles import get_profile  # noqa: E402
+from harness.tables.render import to_markdown  # noqa: E402
 from harness.world import build_world  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -155,3 +156,5 @@ def test_table_measurement_on_a_random_init_source(table, head, tmp_path, world,
         logged = frame.loc[(frame["metric"] == row.metric) & (frame["recipe"] == "none"), "value"].item()
         assert float(row.values_a) == pytest.approx(logged, abs=0.051)
         assert row.ci_low <= row.estimate <= row.ci_high and row.items == row.clusters == 4
+    markdown = to_markdown(getattr(module, table.capitalize())(name=table, title="t").render(result, {}))
+    assert "Paired differences between recipes" in markdown and "no pretraining − VLMo staged pretraining" in markdown
